@@ -738,12 +738,11 @@ def _convert_keys(
     for key, raw in table.items():
         dotted = _key(*prefix, key)
         if key in forbidden:
-            bad.add(key)
             out.add(
                 path,
                 dotted,
-                f"not allowed in [defaults]: {', '.join(_PER_SERVICE_ONLY)} are set per service, "
-                "in each [services.NAME]",
+                "not allowed in [defaults]: watch, command, pidfile and unit are set per "
+                "service, in each [services.NAME]",
             )
             continue
         convert = _SERVICE_KEYS.get(key)
