@@ -641,18 +641,73 @@ class _Collector:
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         self.files: list[str] = []
+        self.lines: dict[str, dict[tuple[str, ...], int]] = {}
 
     def add(
         self,
         file: str,
-        key: str | None,
+        key: tuple[str, ...] | None,
         message: str,
         value: object = dataclasses.MISSING,
         line: int | None = None,
         column: int | None = None,
     ) -> None:
         shown = None if value is dataclasses.MISSING else _show(value)
-        self.problems.append(Problem(file, key, message, line, column, shown))
+        dotted = None
+        if key is not None:
+            dotted = _key(*key)
+            if line is None:
+                line = self._line_of(file, key)
+        self.problems.append(Problem(file, dotted, message, line, column, shown))
+
+    def _line_of(self, file: str, key: tuple[str, ...]) -> int | None:
+        index = self.lines.get(file, {})
+        for end in range(len(key), 0, -1):
+            if key[:end] in index:
+                return index[key[:end]]
+        return None
+
+
+# A line scanner that maps key paths to the line that sets them, so that problems found in
+# the parsed document can point at a line. Best effort: TOML's own parser keeps no
+# positions; a line it cannot place simply gets none.
+_KEY_PART = r'\s*(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|\'[^\']*\')\s*'
+_KEY_PATH = rf"{_KEY_PART}(?:\.{_KEY_PART})*"
+_HEADER_LINE = re.compile(rf"\s*\[\[?({_KEY_PATH})\]\]?\s*(?:#.*)?$")
+_ASSIGN_LINE = re.compile(rf"({_KEY_PATH})=")
+_KEY_PARTS = re.compile(_KEY_PART)
+
+
+def _split_key_path(text: str) -> tuple[str, ...]:
+    parts = []
+    for match in _KEY_PARTS.finditer(text):
+        part = match.group().strip()
+        if part.startswith('"'):
+            try:
+                part = tomllib.loads(f"k = {part}")["k"]
+            except tomllib.TOMLDecodeError:
+                part = part[1:-1]
+        elif part.startswith("'"):
+            part = part[1:-1]
+        parts.append(part)
+    return tuple(parts)
+
+
+def _index_lines(text: str) -> dict[tuple[str, ...], int]:
+    index: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER_LINE.match(line)
+        if header:
+            table = _split_key_path(header[1])
+            index.setdefault(table, number)
+            continue
+        assign = _ASSIGN_LINE.match(line)
+        if assign:
+            path = table + _split_key_path(assign[1])
+            for end in range(len(table) + 1, len(path) + 1):
+                index.setdefault(path[:end], number)
+    return index
 
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
@@ -689,7 +744,7 @@ def _read_toml(path: str, out: _Collector) -> dict[str, Any] | None:
         )
         return None
     try:
-        return tomllib.loads(text)
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         # tomllib puts the position in the message; newer versions also have attributes
         message = str(e)
@@ -701,6 +756,8 @@ def _read_toml(path: str, out: _Collector) -> dict[str, Any] | None:
             message = message[: match.start()]
         out.add(path, None, f"invalid TOML: {message}", line=toml_line, column=toml_column)
         return None
+    out.lines[path] = _index_lines(text)
+    return doc
 
 
 def _check_sections(doc: Mapping[str, Any], path: str, out: _Collector, dropin: bool) -> None:
@@ -708,19 +765,19 @@ def _check_sections(doc: Mapping[str, Any], path: str, out: _Collector, dropin: 
         if dropin and key in ("daemon", "defaults"):
             out.add(
                 path,
-                key,
+                (key,),
                 f"a drop-in may hold only [services.*] tables; move [{key}] to the main file",
             )
         elif key not in _SECTIONS:
             if key in _SERVICE_KEYS:
                 hint = "; service keys go under [services.NAME] or [defaults]"
-                out.add(path, _key(key), f"unknown top-level key{hint}")
+                out.add(path, (key,), f"unknown top-level key{hint}")
             elif key in _DAEMON_KEYS:
-                out.add(path, _key(key), "unknown top-level key; put it under [daemon]")
+                out.add(path, (key,), "unknown top-level key; put it under [daemon]")
             else:
-                out.add(path, _key(key), _unknown_key(key, _SECTIONS, "the top level"))
+                out.add(path, (key,), _unknown_key(key, _SECTIONS, "the top level"))
         elif not isinstance(value, dict):
-            out.add(path, key, f"expected a table [{key}], got {_type_name(value)}", value)
+            out.add(path, (key,), f"expected a table [{key}], got {_type_name(value)}", value)
 
 
 def _convert_keys(
@@ -736,7 +793,7 @@ def _convert_keys(
     bad: set[str] = set()
     base = os.path.dirname(path)
     for key, raw in table.items():
-        dotted = _key(*prefix, key)
+        dotted = (*prefix, key)
         if key in forbidden:
             out.add(
                 path,
@@ -782,7 +839,7 @@ def _daemon(table: Mapping[str, Any], main: str, out: _Collector) -> tuple[Daemo
     values: dict[str, Any] = {"include": os.path.join(base, f"{stem}.d")}
     include_ok = True
     for key, raw in table.items():
-        dotted = _key("daemon", key)
+        dotted = ("daemon", key)
         try:
             if key == "socket":
                 path = _path(raw, base)
@@ -818,10 +875,10 @@ def _dropin_files(directory: str, main: str, out: _Collector) -> list[str]:
     except FileNotFoundError:
         return []
     except NotADirectoryError:
-        out.add(main, "daemon.include", f"{directory} is not a directory")
+        out.add(main, ("daemon", "include"), f"{directory} is not a directory")
         return []
     except OSError as e:
-        out.add(main, "daemon.include", f"cannot read {directory}: {e.strerror or e}")
+        out.add(main, ("daemon", "include"), f"cannot read {directory}: {e.strerror or e}")
         return []
     files = []
     for name in sorted(names):
@@ -847,7 +904,7 @@ def _collect_services(
         return []  # reported by _check_sections
     found = []
     for name, table in services.items():
-        dotted = _key("services", name)
+        dotted = ("services", name)
         if not isinstance(table, dict):
             out.add(
                 path,
@@ -886,7 +943,7 @@ def _check_service(
 ) -> bool:
     """Cross-key rules; returns whether the service is usable."""
     ok = not bad
-    key = _key("services", raw.name)
+    key = ("services", raw.name)
     path = raw.file
     targets = [k for k in _TARGET_KEYS if k in values or k in bad]
     if len(targets) == 0:
@@ -913,7 +970,7 @@ def _check_service(
         ok = False
         out.add(
             path,
-            _key("services", raw.name, "action"),
+            ("services", raw.name, "action"),
             "restart needs a command or unit target: reloadd did not start a pidfile "
             'process and cannot start it again; use action = "signal" or "exec"',
             action,
@@ -922,7 +979,7 @@ def _check_service(
         ok = False
         out.add(
             path,
-            _key("services", raw.name, "action"),
+            ("services", raw.name, "action"),
             'needs exec = ["program", "arg", ...], the command that does the reload',
             action,
         )
@@ -931,7 +988,7 @@ def _check_service(
         origin = " (from [defaults])" if "exec" in from_defaults else ""
         out.add(
             path,
-            _key("services", raw.name, "exec"),
+            ("services", raw.name, "exec"),
             f'set{origin} but action = "{action}": add action = "exec" or remove exec',
         )
     if "debounce" not in bad and "max_delay" not in bad:
@@ -945,7 +1002,7 @@ def _check_service(
             note = f" ({', '.join(notes)})" if notes else ""
             out.add(
                 path,
-                _key("services", raw.name, "debounce"),
+                ("services", raw.name, "debounce"),
                 f"debounce ({format_duration(debounce)}) must not exceed max_delay "
                 f"({format_duration(max_delay)}){note}",
             )
@@ -955,7 +1012,7 @@ def _check_service(
                 ok = False
                 out.add(
                     path,
-                    _key("services", raw.name, k),
+                    ("services", raw.name, k),
                     f"only applies to a command target: reloadd does not supervise a "
                     f"{targets[0] if targets else 'pidfile or unit'} target",
                 )

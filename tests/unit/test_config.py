@@ -456,7 +456,8 @@ def test_unknown_service_key_suggests(tmp_path):
     assert problem.key == "services.api.debounse"
     assert problem.message == "unknown key (did you mean debounce?)"
     assert str(problem) == (
-        f"{tmp_path / 'reloadd.toml'}: services.api.debounse: unknown key (did you mean debounce?)"
+        f"{tmp_path / 'reloadd.toml'}:4: "
+        "services.api.debounse: unknown key (did you mean debounce?)"
     )
 
 
@@ -628,7 +629,7 @@ def test_bad_commands(tmp_path, value, fragment):
 def test_wrong_type_for_duration(tmp_path):
     problem = only_problem(tmp_path, service("debounce = [1]"))
     assert str(problem) == (
-        f"{tmp_path / 'reloadd.toml'}: services.api.debounce = [1]: "
+        f"{tmp_path / 'reloadd.toml'}:4: services.api.debounce = [1]: "
         'expected a duration such as "200ms", "2s" or a number of seconds'
     )
 
@@ -672,7 +673,7 @@ def test_debounce_against_builtin_max_delay_names_defaults(tmp_path):
 def test_unknown_signal_suggests(tmp_path):
     problem = only_problem(tmp_path, service('signal = "SIGHUPP"'))
     assert str(problem) == (
-        f'{tmp_path / "reloadd.toml"}: services.api.signal = "SIGHUPP": '
+        f'{tmp_path / "reloadd.toml"}:4: services.api.signal = "SIGHUPP": '
         "unknown signal (did you mean SIGHUP?)"
     )
 
@@ -877,6 +878,46 @@ def test_every_problem_in_every_file_is_reported(tmp_path):
         (a, "services.b"),  # no target
     ]
     assert len(str(err).splitlines()) == len(err.problems)
+
+
+def test_problems_point_at_the_line(tmp_path):
+    """Problems found after parsing still name the line that set the key, where it can be found."""
+    write(
+        tmp_path / "reloadd.d" / "x.toml",
+        """
+        # a comment
+        [services."x.y"]
+        watch = ["/x"]
+        unit = "x"
+        signal = "NOPE"
+        """,
+    )
+    err = errors(
+        tmp_path,
+        """
+        [daemon]
+        log_level = "loud"   # comment
+
+        [ services . api ]
+        watch = "/a"
+        command = ["a"]
+        pidfile = "/a.pid"
+        environment = { PORT = 1 }
+
+        [services.b]
+        watch = "/b"
+        unit = "b"
+        services.c.unit = "c"
+        """,
+    )
+    lines = {(Path(p.file).name, p.key): p.line for p in err.problems}
+    assert lines == {
+        ("reloadd.toml", "daemon.log_level"): 3,
+        ("reloadd.toml", "services.api.environment"): 9,
+        ("reloadd.toml", "services.api"): 5,  # two targets: the table header
+        ("reloadd.toml", "services.b.services"): 14,
+        ("x.toml", 'services."x.y".signal'): 6,
+    }
 
 
 def test_config_error_str_is_one_line_per_problem():
