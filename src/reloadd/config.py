@@ -284,8 +284,7 @@ def format_duration(seconds: float) -> str:
 
 
 def _plain(number: Decimal) -> str:
-    text = format(number.normalize(), "f")
-    return text
+    return format(number.normalize(), "f")  # 1E+2 -> "100"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -413,10 +412,12 @@ def _argv(value: object, base: str) -> tuple[str, ...]:
     if not value:
         raise _Invalid("expected a program to run, got an empty list")
     for index, item in enumerate(value):
+        if isinstance(item, (list, dict)):
+            raise _Invalid(f"item {index + 1} is {_type_name(item)}: every argument is a string")
         if not isinstance(item, str):
             raise _Invalid(
                 f"item {index + 1} is {_type_name(item)}: every argument must be a string "
-                f"(write {_show(str(item) if not isinstance(item, bool) else _show(item))})"
+                f"(write {_show(_show(item))})"
             )
         if "\0" in item:
             raise _Invalid(f"item {index + 1} contains a NUL character")
@@ -713,6 +714,19 @@ def _index_lines(text: str) -> dict[tuple[str, ...], int]:
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
 
+_LEADING_ZERO = re.compile(r"=\s*[+-]?0\d")
+
+
+def _syntax_hint(text: str, line: int | None) -> str:
+    """A hint for TOML mistakes whose parser message does not name the cause."""
+    lines = text.splitlines()
+    if line is None or not 0 < line <= len(lines):
+        return ""
+    if _LEADING_ZERO.search(lines[line - 1]):
+        return ' (a number with a leading zero is not valid TOML; for a mode write "0660")'
+    return ""
+
+
 def _read_toml(path: str, out: _Collector) -> dict[str, Any] | None:
     """The parsed document, or None after recording why it cannot be had."""
     try:
@@ -754,7 +768,13 @@ def _read_toml(path: str, out: _Collector) -> dict[str, Any] | None:
         if match:
             toml_line, toml_column = int(match[1]), int(match[2])
             message = message[: match.start()]
-        out.add(path, None, f"invalid TOML: {message}", line=toml_line, column=toml_column)
+        out.add(
+            path,
+            None,
+            f"invalid TOML: {message}{_syntax_hint(text, toml_line)}",
+            line=toml_line,
+            column=toml_column,
+        )
         return None
     out.lines[path] = _index_lines(text)
     return doc
@@ -951,14 +971,12 @@ def _check_service(
         out.add(path, key, "no target: set exactly one of command, pidfile or unit")
     elif len(targets) > 1:
         ok = False
-        both = " and ".join(targets)
+        named = ", ".join(targets[:-1]) + f" and {targets[-1]}"
         out.add(
             path,
             key,
-            f"{both} are all set: a service has exactly one target (command, pidfile or unit)"
-            if len(targets) > 2
-            else f"{both} are both set: a service has exactly one target "
-            "(command, pidfile or unit)",
+            f"{named} are {'both' if len(targets) == 2 else 'all'} set: a service has exactly "
+            "one target (command, pidfile or unit)",
         )
     if "watch" not in values and "watch" not in bad:
         ok = False
@@ -972,7 +990,8 @@ def _check_service(
             path,
             ("services", raw.name, "action"),
             "restart needs a command or unit target: reloadd did not start a pidfile "
-            'process and cannot start it again; use action = "signal" or "exec"',
+            'process and cannot start it again; use action = "signal" or "exec"'
+            + (" (action is from [defaults])" if "action" in from_defaults else ""),
             action,
         )
     if action == "exec" and "exec" not in values and "exec" not in bad:

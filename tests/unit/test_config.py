@@ -543,7 +543,7 @@ def test_two_targets(tmp_path):
 
 def test_three_targets(tmp_path):
     problem = only_problem(tmp_path, service('pidfile = "/run/a.pid"\nunit = "a"'))
-    assert "command and pidfile and unit are all set" in problem.message
+    assert "command, pidfile and unit are all set" in problem.message
 
 
 def test_no_target(tmp_path):
@@ -1051,3 +1051,10 @@ def test_shipped_example_mentions_every_key():
     text = (REPO / "etc" / "reloadd.toml").read_text()
     for key in [*config._SERVICE_KEYS, *config._DAEMON_KEYS]:
         assert f"{key} =" in text, key
+
+
+def test_unquoted_octal_mode_gets_a_hint(tmp_path):
+    """`socket_mode = 0660` is a TOML syntax error whose parser message names no cause."""
+    problem = only_problem(tmp_path, "[daemon]\nsocket_mode = 0660\n")
+    assert problem.line == 2
+    assert 'leading zero is not valid TOML; for a mode write "0660"' in problem.message
