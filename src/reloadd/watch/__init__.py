@@ -1,0 +1,1 @@
+"""Watch backends: they turn file-system activity into batches of changed paths."""

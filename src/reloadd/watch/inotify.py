@@ -1,0 +1,484 @@
+"""The inotify backend: one kernel instance shared by every service, read from the loop.
+
+A ``Hub`` owns the inotify fd (``loop.add_reader``, no thread) and routes each event by
+watch descriptor. The kernel gives the same wd for the same inode however often it is
+added, so one wd may serve several trees (two services watching one directory, or one
+service's root being another's anchor): the hub keeps a list of *slots* per wd and
+removes the kernel watch only when the last slot goes.
+
+A ``Tree`` is one watch path of one service. Its invariants:
+
+- every directory below the root that is not pruned is watched, keyed by its path
+  relative to the root; a directory that appears (created, moved in, copied in) is
+  watched *first* and listed *second*, and the files found in it are changes — files
+  written before the watch existed are not lost;
+- a directory moved out is unwatched with everything below it (otherwise its events
+  would keep arriving from wherever it went); an emptied-and-removed one is dropped
+  when the kernel says ``IN_IGNORED``;
+- the root itself is found through an *anchor*: the nearest existing ancestor of the
+  root (and of a symlinked root's target), watched without recursion. Any event there
+  re-evaluates the root — that is how a root that is created late, deleted and
+  recreated, or swapped (``current -> releases/42`` renamed over) is picked up;
+- a root that is a single file is compared by its stat signature on each anchor event,
+  so a Kubernetes ConfigMap's ``..data`` swap is seen through the symlinks;
+- ``IN_Q_OVERFLOW`` re-walks every tree without dropping live watches (dropping them
+  would flood the queue with ``IN_IGNORED`` and overflow it again) and counts as a
+  change for every service.
+
+Signs that a change set is not complete yet (``holding``): a matching file modified and
+not yet closed, a VCS lock (``.git/index.lock``, ``.hg/wlock``) in the tree, or a root
+that vanished a moment ago (a deploy that replaces the whole directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import inotify_simple
+from inotify_simple import flags as F
+
+from reloadd.watch.filters import VCS_DIRS, PathFilter, display
+
+log = logging.getLogger("reloadd.watch")
+
+_COMMON = (
+    F.CREATE
+    | F.DELETE
+    | F.MODIFY
+    | F.CLOSE_WRITE
+    | F.MOVED_FROM
+    | F.MOVED_TO
+    | F.ATTRIB
+    | F.DELETE_SELF
+    | F.MOVE_SELF
+    | F.ONLYDIR
+)
+MASK = _COMMON | 0x04000000  # IN_EXCL_UNLINK: no events for files already unlinked
+_NOFOLLOW = F.DONT_FOLLOW
+_VCS_LOCKS = frozenset({"index.lock", "wlock"})
+_READ_SIZE = 1 << 20
+
+Sink = Callable[["Tree", list[str]], None]
+
+
+class WatchLimitError(OSError):
+    """inotify_add_watch said ENOSPC: fs.inotify.max_user_watches is exhausted."""
+
+
+@dataclass(eq=False)
+class Slot:
+    """What one watch descriptor means to one tree."""
+
+    tree: Tree
+    kind: str  # "dir" | "anchor" | "vcs"
+    rel: str  # for dir/vcs: path relative to the root; for anchor: the absolute path
+
+
+class Hub:
+    """The one inotify instance; routes events to trees, tracks wd ownership."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.inotify = inotify_simple.INotify(nonblocking=True)
+        self.fd = self.inotify.fileno()
+        self.slots: dict[int, list[Slot]] = {}
+        self.trees: set[Tree] = set()
+        self.overflows = 0
+        self.loop = loop
+        if loop is not None:
+            loop.add_reader(self.fd, self.read)
+
+    @property
+    def watch_count(self) -> int:
+        return len(self.slots)
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.remove_reader(self.fd)
+        self.inotify.close()
+
+    # -- wd ownership ---------------------------------------------------------------
+
+    def watch(self, slot: Slot, path: str, follow: bool) -> int:
+        """Add a kernel watch for ``path`` on behalf of ``slot``; returns the wd.
+
+        Raises OSError (``WatchLimitError`` for ENOSPC) when the kernel refuses.
+        """
+        try:
+            wd: int = self.inotify.add_watch(path, MASK if follow else MASK | _NOFOLLOW)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise WatchLimitError(exc.errno, exc.strerror, path) from None
+            raise
+        owners = self.slots.setdefault(wd, [])
+        if not any(s.tree is slot.tree and s.kind == slot.kind for s in owners):
+            owners.append(slot)
+        else:
+            # the same inode under the same role of the same tree (re-walk): refresh rel
+            for s in owners:
+                if s.tree is slot.tree and s.kind == slot.kind:
+                    s.rel = slot.rel
+        return wd
+
+    def unwatch(self, tree: Tree, wd: int, kind: str) -> None:
+        owners = self.slots.get(wd)
+        if owners is None:
+            return
+        owners[:] = [s for s in owners if not (s.tree is tree and s.kind == kind)]
+        if not owners:
+            del self.slots[wd]
+            try:
+                self.inotify.rm_watch(wd)
+            except OSError:
+                pass  # already gone: the kernel removed it with its inode
+
+    # -- reading --------------------------------------------------------------------
+
+    def read(self) -> None:
+        """Drain the fd, route every event, then tell each touched tree's sink."""
+        chunks = []
+        while True:
+            try:
+                data = os.read(self.fd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        if not chunks:
+            return
+        touched: set[Tree] = set()
+        for ev in inotify_simple.parse_events(b"".join(chunks)):
+            if ev.mask & F.Q_OVERFLOW:
+                self.overflows += 1
+                log.warning(
+                    "inotify queue overflowed (fs.inotify.max_queued_events): rescanning %d "
+                    "watch paths; every service counts it as a change",
+                    len(self.trees),
+                )
+                for tree in list(self.trees):
+                    tree.rescan()
+                    touched.add(tree)
+                continue
+            owners = self.slots.get(ev.wd)
+            if owners is None:
+                continue
+            if ev.mask & F.IGNORED:
+                del self.slots[ev.wd]
+            for slot in list(owners):
+                slot.tree.on_event(slot, ev.wd, ev.mask, ev.name)
+                touched.add(slot.tree)
+        for tree in touched:
+            tree.flush()
+
+
+@dataclass(eq=False)
+class Tree:
+    """One watch path of one service on the shared hub."""
+
+    hub: Hub
+    root: str
+    filter: PathFilter
+    sink: Sink
+    hold_lost_for: float = 2.0
+    state: str = "waiting"  # waiting | watching
+    kind: str = ""  # "dir" | "file" once found
+    dirs: dict[str, int] = field(default_factory=dict)
+    vcs: dict[str, int] = field(default_factory=dict)
+    anchors: dict[str, int] = field(default_factory=dict)
+    locks: set[str] = field(default_factory=set)
+    open_writes: set[str] = field(default_factory=set)
+    unwatched: dict[str, str] = field(default_factory=dict)  # rel -> why (limit, permission)
+    lost_at: float | None = None
+    _ident: tuple[object, ...] | None = None
+    _pending: list[str] = field(default_factory=list)
+    _dirty: bool = False
+    _warned: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.root = os.path.normpath(os.path.abspath(self.root))
+        self.hub.trees.add(self)
+
+    # -- public ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Arm the watches; the first walk is a baseline and reports nothing."""
+        self._reevaluate(report=False)
+
+    def close(self) -> None:
+        self._teardown()
+        for path, wd in list(self.anchors.items()):
+            self.hub.unwatch(self, wd, "anchor")
+            del self.anchors[path]
+        self.hub.trees.discard(self)
+
+    @property
+    def holding(self) -> bool:
+        if self.open_writes or self.locks:
+            return True
+        return self.lost_at is not None and time.monotonic() - self.lost_at < self.hold_lost_for
+
+    @property
+    def watch_count(self) -> int:
+        return len(self.dirs) + len(self.vcs) + len(self.anchors)
+
+    def rescan(self) -> None:
+        """After a queue overflow: re-walk without dropping live watches; a change."""
+        self.open_writes.clear()
+        if self.state == "watching" and self.kind == "dir":
+            old = dict(self.dirs)
+            self.dirs.clear()
+            self._walk("", report=False)
+            for rel, wd in old.items():
+                if rel not in self.dirs:
+                    self.hub.unwatch(self, wd, "dir")
+        self._reevaluate(report=True)
+        self._pending.append(self.root)
+        self._dirty = True
+
+    def flush(self) -> None:
+        if self._dirty:
+            paths, self._pending, self._dirty = self._pending, [], False
+            self.sink(self, paths)
+
+    # -- events ---------------------------------------------------------------------
+
+    def on_event(self, slot: Slot, wd: int, mask: int, name: str) -> None:
+        if slot.kind == "anchor":
+            self._on_anchor(slot, wd, mask, name)
+        elif slot.kind == "vcs":
+            self._on_vcs(slot, wd, mask, name)
+        else:
+            self._on_dir(slot.rel, wd, mask, name)
+
+    def _on_anchor(self, slot: Slot, wd: int, mask: int, name: str) -> None:
+        if mask & F.IGNORED:
+            if self.anchors.get(slot.rel) == wd:
+                del self.anchors[slot.rel]
+        elif self.kind == "file" and name == os.path.basename(self.root):
+            self._track_write(self.root, mask)
+        self._reevaluate(report=True)
+
+    def _on_vcs(self, slot: Slot, wd: int, mask: int, name: str) -> None:
+        lock = slot.rel + "/" + name
+        if mask & F.IGNORED:
+            if self.vcs.get(slot.rel) == wd:
+                del self.vcs[slot.rel]
+            self.locks = {x for x in self.locks if not x.startswith(slot.rel + "/")}
+        elif name in _VCS_LOCKS:
+            if mask & (F.CREATE | F.MOVED_TO):
+                self.locks.add(lock)
+            elif mask & (F.DELETE | F.MOVED_FROM):
+                self.locks.discard(lock)
+        self._dirty = True  # the hold may have ended: let the service look again
+
+    def _on_dir(self, rel: str, wd: int, mask: int, name: str) -> None:
+        if mask & F.IGNORED:
+            if self.dirs.get(rel) == wd:
+                del self.dirs[rel]
+                if rel == "":
+                    self._reevaluate(report=True)
+            return
+        if mask & (F.DELETE_SELF | F.MOVE_SELF):
+            if rel == "":
+                self._reevaluate(report=True)
+            return
+        if not name:
+            return
+        path = f"{rel}/{name}" if rel else name
+        if mask & F.ISDIR:
+            self._on_subdir(path, mask)
+            return
+        if not self.filter.matches(path):
+            return
+        full = self._full(path)
+        self._track_write(full, mask)
+        self._pending.append(full)
+        self._dirty = True
+
+    def _on_subdir(self, path: str, mask: int) -> None:
+        name = path.rpartition("/")[2]
+        if name in VCS_DIRS:
+            if mask & (F.CREATE | F.MOVED_TO):
+                self._watch_vcs(path)
+            return
+        if self.filter.prune_dir(path):
+            return
+        if mask & (F.CREATE | F.MOVED_TO):
+            self._walk(path, report=True)
+        elif mask & F.MOVED_FROM:
+            self._drop(path)
+            self._pending.append(self._full(path))
+            self._dirty = True
+        elif mask & F.DELETE:
+            wd = self.dirs.pop(path, None)
+            if wd is not None:
+                self.hub.unwatch(self, wd, "dir")
+
+    def _track_write(self, full: str, mask: int) -> None:
+        if mask & F.MODIFY:
+            if len(self.open_writes) < 10_000:
+                self.open_writes.add(full)
+        elif mask & (F.CLOSE_WRITE | F.DELETE | F.MOVED_FROM):
+            self.open_writes.discard(full)
+
+    # -- the root ---------------------------------------------------------------------
+
+    def _reevaluate(self, report: bool) -> None:
+        """Find out what the root is now, and follow it."""
+        self._place_anchors()
+        try:
+            st = os.stat(self.root)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR) and "stat" not in self._warned:
+                self._warned.add("stat")
+                log.warning("watch path %s: %s; waiting for it", display(self.root), exc.strerror)
+            if self.state == "watching":
+                log.warning("watch path %s vanished; waiting for it to return", display(self.root))
+                self._teardown()
+                self.lost_at = time.monotonic()
+                self._dirty = True
+            return
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+        ident: tuple[object, ...]
+        if kind == "dir":
+            ident = (kind, os.path.realpath(self.root), st.st_dev, st.st_ino)
+        else:
+            ident = (kind, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if self.state == "watching" and ident == self._ident:
+            return
+        was_watching = self.state == "watching"
+        if was_watching and (kind == "dir" or self.kind == "dir"):
+            self._teardown()
+        self._ident, self.kind, self.state, self.lost_at = ident, kind, "watching", None
+        self._warned.discard("stat")
+        if kind == "dir":
+            if was_watching or report:
+                log.info("watch path %s is (again) a directory; watching it", display(self.root))
+            self._walk("", report=report)
+        elif report or was_watching:
+            self._pending.append(self.root)
+        self._dirty = self._dirty or report or was_watching
+
+    def _place_anchors(self) -> None:
+        want = {_existing_ancestor(os.path.dirname(self.root))}
+        if os.path.islink(self.root):
+            target = os.path.realpath(self.root)
+            want.add(_existing_ancestor(os.path.dirname(target)))
+        for path in list(self.anchors):
+            if path not in want:
+                self.hub.unwatch(self, self.anchors.pop(path), "anchor")
+        for path in want - self.anchors.keys():
+            try:
+                self.anchors[path] = self.hub.watch(Slot(self, "anchor", path), path, True)
+            except OSError as exc:
+                self._warn_once(path, f"cannot watch {display(path)}: {exc.strerror}")
+
+    def _teardown(self) -> None:
+        for wd in self.dirs.values():
+            self.hub.unwatch(self, wd, "dir")
+        for wd in self.vcs.values():
+            self.hub.unwatch(self, wd, "vcs")
+        self.dirs.clear()
+        self.vcs.clear()
+        self.locks.clear()
+        self.open_writes.clear()
+        self.unwatched.clear()
+        self.state, self._ident = "waiting", None
+
+    # -- walking ----------------------------------------------------------------------
+
+    def _full(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def _walk(self, top: str, report: bool) -> None:
+        """Watch ``top`` and every unpruned directory below it; list them after arming."""
+        base = self._ident[1] if self._ident and self._ident[0] == "dir" else self.root
+        assert isinstance(base, str)
+        stack = [top]
+        while stack:
+            rel = stack.pop()
+            path = f"{base}/{rel}" if rel else base
+            try:
+                wd = self.hub.watch(Slot(self, "dir", rel), path, follow=rel == "")
+            except WatchLimitError:
+                self.unwatched[rel] = "watch limit"
+                self._warn_once(
+                    "limit",
+                    f"{display(self.root)}: the inotify watch limit is exhausted; "
+                    f"{display(path)} and below are not watched. Raise it with "
+                    "`sysctl fs.inotify.max_user_watches=524288`",
+                )
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    self.unwatched[rel] = exc.strerror or "error"
+                    self._warn_once(path, f"cannot watch {display(path)}: {exc.strerror}")
+                continue
+            self.dirs[rel] = wd
+            for name, is_dir in _listdir(path, self._warn_once):
+                child = f"{rel}/{name}" if rel else name
+                if is_dir:
+                    if name in VCS_DIRS:
+                        self._watch_vcs(child)
+                    elif not self.filter.prune_dir(child):
+                        stack.append(child)
+                elif report and self.filter.matches(child):
+                    self._pending.append(self._full(child))
+                    self._dirty = True
+
+    def _watch_vcs(self, rel: str) -> None:
+        base = self._ident[1] if self._ident and self._ident[0] == "dir" else self.root
+        path = f"{base}/{rel}"
+        try:
+            self.vcs[rel] = self.hub.watch(Slot(self, "vcs", rel), path, follow=False)
+        except OSError:
+            return  # not fatal: only the VCS-lock hold is lost for this directory
+        for lock in _VCS_LOCKS:
+            if os.path.lexists(f"{path}/{lock}"):
+                self.locks.add(f"{rel}/{lock}")
+
+    def _drop(self, top: str) -> None:
+        """Unwatch ``top`` and everything below it (moved out of the tree)."""
+        prefix = top + "/"
+        for table, kind in ((self.dirs, "dir"), (self.vcs, "vcs")):
+            for rel in [r for r in table if r == top or r.startswith(prefix)]:
+                self.hub.unwatch(self, table.pop(rel), kind)
+        self.locks = {x for x in self.locks if not x.startswith(prefix)}
+        self.open_writes = {x for x in self.open_writes if not x.startswith(self._full(prefix))}
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s", message)
+
+
+def _existing_ancestor(path: str) -> str:
+    while not os.path.isdir(path) and path not in ("/", ""):
+        path = os.path.dirname(path)
+    return path or "/"
+
+
+def _listdir(path: str, warn: Callable[[str, str], None]) -> Iterator[tuple[str, bool]]:
+    """(name, is_real_directory) for the entries of ``path``; symlinks are not followed."""
+    try:
+        with os.scandir(path) as it:
+            entries = [(e.name, _is_dir(e)) for e in it]
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            warn(path, f"cannot list {display(path)}: {exc.strerror}")
+        return iter(())
+    return iter(entries)
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
