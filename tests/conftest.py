@@ -1,0 +1,214 @@
+"""Shared fixtures: a real reloadd process, real signal-recording targets, deadline waits.
+
+Nothing here sleeps to synchronise: ``wait_for`` polls a condition under a deadline,
+readiness is the daemon's own ``READY=1`` on a notify socket the test binds, and a
+reload is a line the target wrote when the signal arrived.
+
+``RELOADD_REQUIRE_ALL=1`` (set by CI) turns every "missing dependency" skip into a
+failure, so CI never passes by skipping; use ``require(...)`` for such checks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+RECORDER = str(Path(__file__).with_name("recorder.py"))
+DEADLINE = float(os.environ.get("RELOADD_TEST_DEADLINE", "20"))
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip (developer machine) or fail (CI: RELOADD_REQUIRE_ALL=1) when a dependency is missing."""
+    if condition:
+        return
+    if os.environ.get("RELOADD_REQUIRE_ALL") == "1":
+        pytest.fail(f"missing dependency (RELOADD_REQUIRE_ALL=1): {what}")
+    pytest.skip(f"missing dependency: {what}")
+
+
+def require_tool(name: str, package: str | None = None) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"{name} (apt-get install {package or name})")
+    assert path is not None
+    return path
+
+
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float = DEADLINE,
+    what: str = "condition",
+    detail: Callable[[], str] | None = None,
+) -> object:
+    """Poll ``predicate`` until truthy or the deadline passes (then fail, with detail)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = f"\n{detail()}" if detail else ""
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+@dataclass
+class Recording:
+    """The log a recorder process writes: ``<SIGNAME> <pid>`` per line."""
+
+    path: Path
+
+    def lines(self) -> list[tuple[str, int]]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            name, _, pid = line.partition(" ")
+            if pid.isdigit():
+                out.append((name, int(pid)))
+        return out
+
+    def signals(self, name: str = "SIGHUP", pid: int | None = None) -> list[int]:
+        """Pids that received ``name`` (one entry per receipt)."""
+        return [p for n, p in self.lines() if n == name and (pid is None or p == pid)]
+
+    def count(self, name: str = "SIGHUP") -> int:
+        return len(self.signals(name))
+
+    def ready_pids(self) -> list[int]:
+        return [p for n, p in self.lines() if n == "READY"]
+
+    def wait_count(self, n: int, name: str = "SIGHUP", timeout: float = DEADLINE) -> None:
+        wait_for(
+            lambda: self.count(name) >= n,
+            timeout,
+            f"{n} x {name} in {self.path.name}",
+            lambda: f"recorded: {self.lines()}",
+        )
+
+
+def recorder_command(log: Path, *extra: str) -> list[str]:
+    return [sys.executable, RECORDER, str(log), *extra]
+
+
+@dataclass
+class Reloadd:
+    """A running ``python -m reloadd`` with its own notify socket and captured stderr."""
+
+    proc: subprocess.Popen[bytes]
+    config: Path
+    stderr_path: Path
+    notify: socket.socket
+    messages: list[str] = field(default_factory=list)
+
+    def log(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def read_notify(self) -> list[str]:
+        """Drain the notify socket; every datagram is kept in ``messages``."""
+        while True:
+            try:
+                data = self.notify.recv(65536)
+            except BlockingIOError:
+                return self.messages
+            self.messages.append(data.decode(errors="replace"))
+
+    def notified(self, field_: str) -> bool:
+        return any(field_ in m.split("\n") for m in self.read_notify())
+
+    def wait_log(self, text: str, timeout: float = DEADLINE) -> None:
+        wait_for(lambda: text in self.log(), timeout, f"log line {text!r}", self.log)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_reloadd(tmp_path: Path) -> Iterator[Callable[..., Reloadd]]:
+    """Start reloadd on a config text; waits for READY=1; always stopped afterwards."""
+    started: list[Reloadd] = []
+
+    def start(
+        config_text: str,
+        *,
+        wait_ready: bool = True,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        name: str = "reloadd.toml",
+    ) -> Reloadd:
+        config = tmp_path / name
+        config.write_text(textwrap.dedent(config_text))
+        sock_path = tmp_path / f"notify-{len(started)}.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(sock_path))
+        sock.setblocking(False)
+        stderr_path = tmp_path / f"reloadd-{len(started)}.log"
+        full_env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM",)}
+        full_env.update({"NOTIFY_SOCKET": str(sock_path), "PYTHONUNBUFFERED": "1"})
+        full_env.update(env or {})
+        with open(stderr_path, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "reloadd", "-c", str(config), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                env=full_env,
+                cwd=tmp_path,
+            )
+        r = Reloadd(proc, config, stderr_path, sock)
+        started.append(r)
+        if wait_ready:
+            wait_for(
+                lambda: r.notified("READY=1") or proc.poll() is not None,
+                what="READY=1 from reloadd",
+                detail=r.log,
+            )
+            if proc.poll() is not None:
+                pytest.fail(f"reloadd exited with {proc.returncode}:\n{r.log()}")
+        return r
+
+    yield start
+    for r in started:
+        r.stop()
+        r.notify.close()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start a helper process (e.g. a recorder behind a pidfile); killed afterwards."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, **kwargs)  # type: ignore[call-overload]
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
