@@ -73,6 +73,21 @@ class Coalescer:
             if len(self._sample) < PATH_SAMPLE_CAP:
                 self._sample.append(path)
 
+    def retract(self, paths: Iterable[str]) -> None:
+        """Forget paths that were created and removed again within the pending batch.
+
+        A batch left with no path at all is no change: nothing fires for it.
+        """
+        if self._first is None:
+            return
+        for path in paths:
+            if path in self._seen:
+                self._seen.discard(path)
+                if path in self._sample:
+                    self._sample.remove(path)
+        if not self._seen and not self._overflowed:
+            self._first, self._last = None, 0.0
+
     def due_at(self) -> float | None:
         """When the pending batch should fire, or None (nothing pending, or busy)."""
         if self._first is None or self.in_flight:

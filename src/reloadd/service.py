@@ -102,6 +102,7 @@ class _Command:
 class _Change:
     at: float
     paths: list[str]
+    gone: list[str] = field(default_factory=list)  # created-and-removed: no net change
 
 
 @dataclass
@@ -122,7 +123,14 @@ class Service:
         self.coalescer = Coalescer(spec.debounce, spec.max_delay, spec.min_interval)
         filt = PathFilter(spec.include, spec.exclude)
         self.trees = [
-            Tree(self.hub, path, filt, self._on_watch, hold_lost_for=spec.max_delay)
+            Tree(
+                self.hub,
+                path,
+                filt,
+                self._on_watch,
+                hold_lost_for=spec.max_delay,
+                retract=self._on_retract,
+            )
             for path in spec.watch
         ]
         self._inbox: deque[_Change | _Command] = deque()
@@ -158,6 +166,9 @@ class Service:
     def _on_watch(self, tree: Tree, paths: list[str]) -> None:
         self._post(_Change(time.monotonic(), paths))
 
+    def _on_retract(self, tree: Tree, paths: list[str]) -> None:
+        self._post(_Change(time.monotonic(), [], gone=paths))
+
     def _post(self, item: _Change | _Command) -> None:
         self._inbox.append(item)
         self._wake.set()
@@ -177,6 +188,8 @@ class Service:
                     if isinstance(item, _Change):
                         if item.paths:
                             self.coalescer.add(item.at, item.paths)
+                        if item.gone:
+                            self.coalescer.retract(item.gone)
                     elif await self._do(item):
                         return
                 self._settle_state()

@@ -66,6 +66,7 @@ _VCS_LOCKS = frozenset({"index.lock", "wlock"})
 _READ_SIZE = 1 << 20
 
 Sink = Callable[["Tree", list[str]], None]
+_BORN_CAP = 10_000  # created files remembered for retraction; past it, only the nicety is lost
 
 
 class WatchLimitError(OSError):
@@ -187,6 +188,7 @@ class Tree:
     filter: PathFilter
     sink: Sink
     hold_lost_for: float = 2.0
+    retract: Sink | None = None  # told of files that were created and are gone again
     state: str = "waiting"  # waiting | watching
     kind: str = ""  # "dir" | "file" once found
     dirs: dict[str, int] = field(default_factory=dict)
@@ -198,6 +200,8 @@ class Tree:
     lost_at: float | None = None
     _ident: tuple[object, ...] | None = None
     _pending: list[str] = field(default_factory=list)
+    _born: set[str] = field(default_factory=set)
+    _gone: list[str] = field(default_factory=list)
     _dirty: bool = False
     _warned: set[str] = field(default_factory=set)
 
@@ -246,6 +250,10 @@ class Tree:
         if self._dirty:
             paths, self._pending, self._dirty = self._pending, [], False
             self.sink(self, paths)
+        if self._gone:
+            gone, self._gone = self._gone, []
+            if self.retract is not None:
+                self.retract(self, gone)
 
     # -- events ---------------------------------------------------------------------
 
@@ -301,6 +309,15 @@ class Tree:
         self._track_write(full, mask)
         self._pending.append(full)
         self._dirty = True
+        # A file created and removed again (an editor's or sed's temp file) is no net
+        # change: the service drops it from the pending batch if it is still there.
+        if mask & F.CREATE:
+            if len(self._born) >= _BORN_CAP:
+                self._born.clear()
+            self._born.add(full)
+        elif mask & (F.DELETE | F.MOVED_FROM) and full in self._born:
+            self._born.discard(full)
+            self._gone.append(full)
 
     def _on_subdir(self, path: str, mask: int) -> None:
         name = path.rpartition("/")[2]
