@@ -10,7 +10,14 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-from systemd_harness import STUB_UNITS, Systemd, boot_lock, boot_systemd, check_prerequisites
+from systemd_harness import (
+    STUB_UNITS,
+    Systemd,
+    boot_lock,
+    boot_systemd,
+    check_prerequisites,
+    entry_points_dir,
+)
 
 _BOOTED = pytest.StashKey[Systemd]()
 
@@ -28,7 +35,12 @@ def systemd(
     try:
         with (
             boot_lock(),
-            boot_systemd(unit_dir, tmp_path_factory.getbasetemp(), tmp_path / "boot.log") as booted,
+            boot_systemd(
+                unit_dir,
+                tmp_path_factory.getbasetemp(),
+                entry_points_dir(tmp_path / "bin"),
+                tmp_path / "boot.log",
+            ) as booted,
         ):
             request.node.stash[_BOOTED] = booted
             yield booted

@@ -37,6 +37,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sysconfig
 import tempfile
 import textwrap
 import time
@@ -60,8 +61,8 @@ COMMAND_TIMEOUT = 60.0
 POLL_INTERVAL = 0.05
 
 # Inside the namespaces: private /run; tmpfs over the host's temporary and journal
-# directories, with pytest's base temporary directory bound back in; a quiet journald;
-# then systemd as PID 1.
+# directories, with pytest's base temporary directory bound back in; our entry points in
+# /usr/local/bin; a quiet journald; then systemd as PID 1.
 BOOT_SCRIPT = r"""
 set -eu
 mount -t tmpfs -o mode=0755 tmpfs /run
@@ -73,6 +74,9 @@ done
 mkdir -p "$RELOADD_TEST_KEEP"
 mount --move /run/reloadd-test-keep "$RELOADD_TEST_KEEP"
 rmdir /run/reloadd-test-keep
+# This checkout's entry points as /usr/local/bin/reloadd and reloadctl, where the shipped unit
+# finds them (ExecStart=reloadd ...), without installing anything on the host.
+mount --bind "$RELOADD_TEST_BIN" /usr/local/bin
 mkdir -p /run/systemd/journald.conf.d
 cat > /run/systemd/journald.conf.d/reloadd-test.conf <<'EOF'
 [Journal]
@@ -113,6 +117,16 @@ def require(condition: bool, reason: str) -> None:
     if os.environ.get("RELOADD_REQUIRE_ALL") == "1":
         pytest.fail(f"RELOADD_REQUIRE_ALL=1 but {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def entry_points_dir(directory: Path) -> Path:
+    """A directory with symlinks to this environment's reloadd and reloadctl scripts."""
+    scripts = Path(sysconfig.get_path("scripts"))
+    directory.mkdir()
+    for name in ("reloadd", "reloadctl"):
+        if (scripts / name).exists():
+            (directory / name).symlink_to(scripts / name)
+    return directory
 
 
 def check_prerequisites() -> None:
@@ -278,8 +292,14 @@ def _wait_running(booted: Systemd, unshare: subprocess.Popen[bytes], deadline: f
 
 
 @contextlib.contextmanager
-def boot_systemd(unit_dir: Path, keep_dir: Path, boot_log: Path) -> Iterator[Systemd]:
-    """Boot, yield, and always kill and reap the namespace's systemd."""
+def boot_systemd(
+    unit_dir: Path, keep_dir: Path, bin_dir: Path, boot_log: Path
+) -> Iterator[Systemd]:
+    """Boot, yield, and always kill and reap the namespace's systemd.
+
+    ``keep_dir`` (under /tmp or not) stays visible inside; ``bin_dir`` is mounted on
+    /usr/local/bin inside.
+    """
     unit_path = str(unit_dir)
     assert ":" not in unit_path, "SYSTEMD_UNIT_PATH must be the test unit directory only"
     assert not list(unit_dir.glob("systemd-tmpfiles*")), "no tmpfiles units in the test dir"
@@ -287,6 +307,7 @@ def boot_systemd(unit_dir: Path, keep_dir: Path, boot_log: Path) -> Iterator[Sys
         **INNER_ENV,
         "RELOADD_TEST_UNITS": unit_path,
         "RELOADD_TEST_KEEP": str(keep_dir),
+        "RELOADD_TEST_BIN": str(bin_dir),
     }
     deadline = time.monotonic() + BOOT_TIMEOUT
     with boot_log.open("wb") as log:
