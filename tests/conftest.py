@@ -10,7 +10,9 @@ failure, so CI never passes by skipping; use ``require(...)`` for such checks.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +28,20 @@ import pytest
 
 RECORDER = str(Path(__file__).with_name("recorder.py"))
 DEADLINE = float(os.environ.get("RELOADD_TEST_DEADLINE", "20"))
+
+# The watch backends the scenario tests run on (the ``backend`` fixture); a new backend
+# joins every scenario by being added here.
+BACKENDS = ("inotify",)
+
+# Test modules import the helpers below as ``from reloadd_testing import ...``: the name
+# "conftest" is ambiguous once several conftest.py files are loaded (tests/systemd has one).
+sys.modules.setdefault("reloadd_testing", sys.modules[__name__])
+
+# "<service>: reloaded: <N>[+] path[s] changed (<paths>[, +M more]); <action>[; ... ms ...]"
+_RELOADED = re.compile(
+    r"(?P<service>\S+): reloaded: (?:(?P<count>\d+)\+? paths? changed \((?P<paths>.*)\)"
+    r"|manual reload); (?P<action>.*?)(?:; [\d.]+ ms after the last change)?$"
+)
 
 
 def require(condition: bool, what: str) -> None:
@@ -105,6 +121,38 @@ def recorder_command(log: Path, *extra: str) -> list[str]:
     return [sys.executable, RECORDER, str(log), *extra]
 
 
+def toml_value(value: object) -> str:
+    """A str, number, bool or list as TOML (JSON strings are valid TOML basic strings)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Path):
+        value = str(value)
+    return json.dumps(value)
+
+
+@dataclass(frozen=True)
+class ReloadLine:
+    """One ``reloaded:`` line of the daemon log, parsed."""
+
+    service: str
+    count: int | None  # None for a manual reload
+    paths: tuple[str, ...]  # the paths shown (the first few), without the "+M more"
+    more: int  # how many changed paths were not shown
+    action: str  # "SIGHUP -> pid 123", "restarted: pid 1 -> 2", ...
+
+    @classmethod
+    def parse(cls, line: str) -> ReloadLine | None:
+        m = _RELOADED.search(line)
+        if m is None:
+            return None
+        shown = m["paths"].split(", ") if m["paths"] else []
+        more = 0
+        if shown and re.fullmatch(r"\+\d+ more", shown[-1]):
+            more = int(shown.pop()[1:-5])
+        count = int(m["count"]) if m["count"] else None
+        return cls(m["service"], count, tuple(shown), more, m["action"])
+
+
 @dataclass
 class Reloadd:
     """A running ``python -m reloadd`` with its own notify socket and captured stderr."""
@@ -132,6 +180,15 @@ class Reloadd:
 
     def wait_log(self, text: str, timeout: float = DEADLINE) -> None:
         wait_for(lambda: text in self.log(), timeout, f"log line {text!r}", self.log)
+
+    def reloads(self, service: str | None = None) -> list[ReloadLine]:
+        """The ``reloaded:`` lines logged so far (of one service, or all), in order."""
+        out = []
+        for line in self.log().splitlines():
+            parsed = ReloadLine.parse(line)
+            if parsed is not None and (service is None or parsed.service == service):
+                out.append(parsed)
+        return out
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
@@ -194,6 +251,12 @@ def start_reloadd(tmp_path: Path) -> Iterator[Callable[..., Reloadd]]:
         r.notify.close()
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The watch backend a scenario runs on; every scenario runs on each of BACKENDS."""
+    return str(request.param)
+
+
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start a helper process (e.g. a recorder behind a pidfile); killed afterwards."""
@@ -212,3 +275,96 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
             except ProcessLookupError:
                 pass
             proc.wait()
+
+
+@dataclass
+class Scenario:
+    """One reloadd with one service whose target is a recorder; see ``scenario``."""
+
+    reloadd: Reloadd
+    recording: Recording
+    service: str
+    sentinel_dir: Path
+
+    @property
+    def pid(self) -> int:
+        """The pid of the recorder's latest main process (its first READY line)."""
+        pids = self.recording.ready_pids()
+        assert pids, "the recorder never started"
+        return pids[-1]
+
+    def reloads(self) -> list[ReloadLine]:
+        return self.reloadd.reloads(self.service)
+
+    def _detail(self) -> str:
+        return f"recorded: {self.recording.lines()}\n--- reloadd log ---\n{self.reloadd.log()}"
+
+    def wait_reloads(self, n: int, timeout: float = DEADLINE) -> list[ReloadLine]:
+        """Wait until ``n`` reloads were logged *and* their signals recorded."""
+        wait_for(
+            lambda: len(self.reloads()) >= n and self.recording.count() >= n,
+            timeout,
+            f"{n} reload(s) of {self.service}",
+            self._detail,
+        )
+        return self.reloads()
+
+    def confirm(self, n: int, *, timeout: float = DEADLINE) -> list[ReloadLine]:
+        """Prove that exactly ``n`` reloads happened and no other is still on its way.
+
+        Writes a fresh sentinel file under ``sentinel_dir`` (a watched directory) and waits
+        for the reload it causes: every change made before it has been read from the queue
+        by then, so any extra reload would have come first or been merged into this one.
+        Returns the ``n`` reload lines before the sentinel's.
+        """
+        self.wait_reloads(n, timeout)
+        sentinel = self.sentinel_dir / f"sentinel-{n}-{time.monotonic_ns()}.txt"
+        sentinel.write_text("sentinel\n")
+        wait_for(
+            lambda: any(str(sentinel) in r.paths for r in self.reloads()),
+            timeout,
+            f"the reload for {sentinel.name}",
+            self._detail,
+        )
+        lines = self.reloads()
+        assert len(lines) == n + 1, f"expected {n} reload(s) before the sentinel\n{self._detail()}"
+        assert lines[-1].paths == (str(sentinel),), self._detail()
+        self.recording.wait_count(n + 1, timeout=timeout)
+        assert self.recording.count() == n + 1, self._detail()
+        return lines[:n]
+
+
+@pytest.fixture
+def scenario(tmp_path: Path, start_reloadd: Callable[..., Reloadd]) -> Callable[..., Scenario]:
+    """Start reloadd with one service ``app`` supervising a recorder; wait for both.
+
+    ``scenario(watch, debounce="300ms", sentinel_dir=None, recorder_args=(), **keys)``:
+    ``watch`` is a path or a list of paths; ``keys`` are further service keys (a backend,
+    ``max_delay="5s"``, ``exclude=[...]``); ``sentinel_dir`` defaults to the first watch
+    path when it is a directory.
+    """
+
+    def start(
+        watch: Path | str | list[Path | str],
+        *,
+        debounce: str = "300ms",
+        sentinel_dir: Path | None = None,
+        recorder_args: tuple[str, ...] = (),
+        extra_toml: str = "",
+        **keys: object,
+    ) -> Scenario:
+        paths = [str(p) for p in watch] if isinstance(watch, list) else [str(watch)]
+        log = tmp_path / "signals.log"
+        lines = [
+            "[services.app]",
+            f"watch = {toml_value(paths)}",
+            f"command = {toml_value(recorder_command(log, *recorder_args))}",
+            f"debounce = {toml_value(debounce)}",
+        ]
+        lines += [f"{key} = {toml_value(value)}" for key, value in keys.items()]
+        r = start_reloadd("\n".join(lines) + "\n" + extra_toml)
+        rec = Recording(log)
+        wait_for(lambda: rec.ready_pids(), what="the recorder to start", detail=r.log)
+        return Scenario(r, rec, "app", sentinel_dir or Path(paths[0]))
+
+    return start
