@@ -1,0 +1,549 @@
+"""Acceptance scenarios of issue 2: real reloadd, real kernel inotify, a recording target.
+
+Each scenario makes one kind of change to a watched tree and proves how many SIGHUPs the
+target got: "exactly one" is proven by ``Scenario.confirm`` (a sentinel write after the
+change must be the next, separate reload), never by waiting and hoping. The debounce is
+a few hundred milliseconds so that a loaded machine cannot split one change into two.
+
+Every scenario takes the ``backend`` fixture, so it runs on every backend in
+``conftest.BACKENDS``; the few that test an inotify-only mechanism (queue overflow, the
+open-for-write hold) pin ``backend = "inotify"``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from reloadd_testing import (
+    Recording,
+    Scenario,
+    recorder_command,
+    require_tool,
+    toml_value,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+Start = Callable[..., Scenario]
+
+
+def write(path: Path, text: str = "x\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    """A watched application tree with a few files already in it (the baseline)."""
+    root = tmp_path / "app"
+    write(root / "app.py", "version = 1\n")
+    write(root / "config.yaml", "debug: false\n")
+    write(root / "pkg" / "models.py", "x = 1\n")
+    return root
+
+
+# --------------------------------------------------------------------------- saves
+
+
+def test_one_file_written(scenario: Start, backend: str, app: Path) -> None:
+    """1. A file is written. 2. Exactly one SIGHUP reaches the target, naming the file."""
+    s = scenario(app, backend=backend)
+    write(app / "app.py", "version = 2\n")
+    [line] = s.confirm(1)
+    assert line.paths == (str(app / "app.py"),)
+    assert s.recording.signals()[0] == s.pid
+
+
+def test_vim_style_save_imitated(scenario: Start, backend: str, app: Path) -> None:
+    """vim's rename dance (backupcopy=no), step by step as vim does it: one SIGHUP.
+
+    1. probe ``4913`` created and removed; 2. ``app.py`` renamed to ``app.py~``;
+    3. a new ``app.py`` written, fsynced, chmodded; 4. the backup removed.
+    """
+    s = scenario(app, backend=backend)
+    target = app / "app.py"
+    probe = app / "4913"
+    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
+    os.close(fd)
+    os.unlink(probe)
+    os.rename(target, app / "app.py~")
+    with open(target, "w") as f:
+        f.write("version = 2\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(target, 0o644)
+    os.unlink(app / "app.py~")
+    [line] = s.confirm(1)
+    assert line.paths == (str(target),)
+
+
+def test_vim_save(scenario: Start, backend: str, app: Path) -> None:
+    """A real vim (no vimrc, rename-style backup) saving a file: one SIGHUP."""
+    vim = require_tool("vim")
+    s = scenario(app, backend=backend)
+    target = app / "app.py"
+    subprocess.run(
+        [vim, "-u", "NONE", "-i", "NONE", "-n", "-Es",
+         "-c", "set nocompatible backupcopy=no writebackup nobackup",
+         "-c", "%s/1/2/", "-c", "wq", str(target)],
+        check=True, stdin=subprocess.DEVNULL, timeout=60,
+    )  # fmt: skip
+    assert target.read_text() == "version = 2\n"
+    [line] = s.confirm(1)
+    assert line.paths == (str(target),)
+
+
+def test_atomic_replace(scenario: Start, backend: str, app: Path) -> None:
+    """A temp file written beside the target and ``os.replace``d over it: one SIGHUP."""
+    s = scenario(app, backend=backend)
+    tmp = write(app / ".config.yaml.tmp-123", "debug: true\n")
+    os.replace(tmp, app / "config.yaml")
+    [line] = s.confirm(1)
+    assert str(app / "config.yaml") in line.paths
+
+
+def test_sed_in_place(scenario: Start, backend: str, app: Path) -> None:
+    """``sed -i`` (temp file ``sedXXXXXX`` renamed over the original): one SIGHUP."""
+    sed = require_tool("sed")
+    s = scenario(app, backend=backend)
+    subprocess.run([sed, "-i", "s/false/true/", str(app / "config.yaml")], check=True)
+    assert (app / "config.yaml").read_text() == "debug: true\n"
+    [line] = s.confirm(1)
+    assert str(app / "config.yaml") in line.paths
+
+
+def test_burst_of_500_files(scenario: Start, backend: str, app: Path) -> None:
+    """500 files rewritten as fast as Python can: one SIGHUP counting all 500."""
+    files = [write(app / "many" / f"m{i:03}.py", "a\n") for i in range(500)]
+    s = scenario(app, backend=backend)
+    for f in files:
+        f.write_text("b\n")
+    [line] = s.confirm(1)
+    assert line.count == 500
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def test_git_checkout_200_files(scenario: Start, backend: str, app: Path) -> None:
+    """``git checkout`` between commits that differ in 200 files: one SIGHUP, .git unseen."""
+    require_tool("git")
+    git(app, "init", "-q", "-b", "main")
+    for i in range(200):
+        write(app / "src" / f"f{i:03}.py", f"v = {i}\n")
+    git(app, "add", "-A")
+    git(app, "commit", "-q", "-m", "one")
+    for i in range(200):
+        write(app / "src" / f"f{i:03}.py", f"v = {i + 1000}\n")
+    git(app, "commit", "-q", "-am", "two")
+    s = scenario(app, backend=backend)
+    git(app, "checkout", "-q", "HEAD~1")
+    assert (app / "src" / "f007.py").read_text() == "v = 7\n"
+    [line] = s.confirm(1)
+    assert line.count == 200
+    assert not any("/.git/" in p for p in line.paths)
+
+
+def make_tree(top: Path, depth: int = 3, width: int = 3) -> list[Path]:
+    """A tree ``depth`` directories deep, ``width`` files and subdirectories per level."""
+    files = []
+    level = [top]
+    for d in range(depth):
+        below = []
+        for parent in level:
+            files += [write(parent / f"file{d}{i}.txt") for i in range(width)]
+            if d + 1 < depth:
+                below += [parent / f"dir{d}{i}" for i in range(width)]
+        level = below
+    return files
+
+
+def test_cp_r_tree_then_deep_write(
+    scenario: Start, backend: str, app: Path, tmp_path: Path
+) -> None:
+    """1. ``cp -r`` of a 3-level tree in: one SIGHUP naming its files.
+    2. a later write deep inside the copy: one more (the new directories are watched).
+    """
+    files = make_tree(tmp_path / "outside" / "tree")
+    s = scenario(app, backend=backend)
+    subprocess.run(["cp", "-r", str(tmp_path / "outside" / "tree"), str(app)], check=True)
+    [first] = s.confirm(1)
+    assert first.count == len(files)
+    deep = app / "tree" / "dir00" / "dir11" / "file20.txt"
+    assert deep.exists()
+    deep.write_text("changed\n")
+    lines = s.wait_reloads(3)  # the sentinel's reload was the second
+    assert lines[2].paths == (str(deep),)
+    s.sentinel_dir = deep.parent
+    s.confirm(3)
+
+
+def test_directory_moved_in_then_written(
+    scenario: Start, backend: str, app: Path, tmp_path: Path
+) -> None:
+    """1. a directory with files moved in from outside: one SIGHUP.
+    2. a later write inside it: one more; two in total (plus the sentinels').
+    """
+    outside = tmp_path / "staging" / "plugin"
+    write(outside / "plugin.py")
+    write(outside / "sub" / "helper.py")
+    s = scenario(app, backend=backend)
+    os.rename(outside, app / "plugin")
+    [moved] = s.confirm(1)
+    assert set(moved.paths) == {
+        str(app / "plugin" / "plugin.py"),
+        str(app / "plugin" / "sub" / "helper.py"),
+    }
+    (app / "plugin" / "sub" / "helper.py").write_text("changed\n")
+    lines = s.wait_reloads(3)
+    assert lines[2].paths == (str(app / "plugin" / "sub" / "helper.py"),)
+    s.confirm(3)
+
+
+def configmap(root: Path, version: int, text: str) -> None:
+    """Lay out (or update) a Kubernetes ConfigMap volume the way the kubelet does.
+
+    ``..<ts>/config.yaml`` holds the data, ``..data -> ..<ts>``, ``config.yaml ->
+    ..data/config.yaml``; an update writes a new ``..<ts>``, points ``..data_tmp`` at it,
+    renames ``..data_tmp`` over ``..data`` and removes the old timestamped directory.
+    """
+    stamp = root / f"..2024_01_0{version}"
+    write(stamp / "config.yaml", text)
+    old = os.readlink(root / "..data") if (root / "..data").is_symlink() else None
+    os.symlink(stamp.name, root / "..data_tmp")
+    os.rename(root / "..data_tmp", root / "..data")
+    if not (root / "config.yaml").is_symlink():
+        os.symlink("..data/config.yaml", root / "config.yaml")
+    if old is not None:
+        shutil.rmtree(root / old)
+
+
+def test_configmap_swap_directory(scenario: Start, backend: str, tmp_path: Path) -> None:
+    """A ConfigMap ``..data`` swap in a watched directory: one SIGHUP."""
+    cm = tmp_path / "cm"
+    cm.mkdir()
+    configmap(cm, 1, "a: 1\n")
+    s = scenario(cm, backend=backend)
+    configmap(cm, 2, "a: 2\n")
+    assert (cm / "config.yaml").read_text() == "a: 2\n"
+    s.confirm(1)
+
+
+def test_configmap_swap_single_file(scenario: Start, backend: str, tmp_path: Path) -> None:
+    """A single-file watch on the ConfigMap's symlinked ``config.yaml``: one SIGHUP per
+    ``..data`` swap, also for the second swap (the watch follows the new target)."""
+    cm = tmp_path / "cm"
+    cm.mkdir()
+    configmap(cm, 1, "a: 1\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    s = scenario([cm / "config.yaml", other], backend=backend, sentinel_dir=other)
+    configmap(cm, 2, "a: 2\n")
+    [line] = s.confirm(1)
+    assert line.paths == (str(cm / "config.yaml"),)
+    configmap(cm, 3, "a: 3\n")
+    lines = s.wait_reloads(3)
+    assert lines[2].paths == (str(cm / "config.yaml"),)
+    s.confirm(3)
+
+
+# --------------------------------------------------------------------------- ignored
+
+
+def test_ignored_files_only(scenario: Start, backend: str, app: Path) -> None:
+    """Swap files, backups, emacs droppings, JetBrains temp files, bytecode and anything
+    under ``.git/`` change: no SIGHUP (the sentinel's reload is the only one)."""
+    (app / ".git" / "objects").mkdir(parents=True)
+    s = scenario(app, backend=backend)
+    for name in (".app.py.swp", ".app.py.swx", "app.py~", ".#app.py", "#app.py#", "4913",
+                 "app.py___jb_tmp___", "app.py___jb_old___"):  # fmt: skip
+        write(app / name)
+        write(app / "pkg" / name)
+    write(app / ".git" / "HEAD", "ref: refs/heads/x\n")
+    write(app / ".git" / "objects" / "ab" / "cdef", "blob")
+    write(app / "pkg" / "__pycache__" / "models.cpython-311.pyc", "bytecode")
+    (app / "app.py~").unlink()
+    s.confirm(0)
+
+
+def test_excluded_paths_only(scenario: Start, backend: str, app: Path) -> None:
+    """Only excluded paths change (a pruned directory, a glob at any depth, an anchored
+    glob): no SIGHUP; an included file still reloads."""
+    write(app / "logs" / "old.log")
+    s = scenario(app, backend=backend, exclude=["logs/", "*.log", "/pkg/generated/**"])
+    write(app / "logs" / "today.txt")
+    write(app / "logs" / "deeper" / "x.txt")
+    write(app / "pkg" / "debug.log")
+    write(app / "pkg" / "generated" / "out.py")
+    write(app / "pkg" / "generated" / "sub" / "more.py")
+    s.confirm(0)
+
+
+# --------------------------------------------------------------------------- the root
+
+
+def test_root_deleted_and_recreated(scenario: Start, backend: str, tmp_path: Path) -> None:
+    """1. the watch root is removed and recreated with content: one SIGHUP.
+    2. later writes in the new root still reload.
+    """
+    root = tmp_path / "site"
+    write(root / "index.html", "v1")
+    write(root / "css" / "site.css", "v1")
+    staging = tmp_path / "staging"
+    write(staging / "index.html", "v2")
+    write(staging / "css" / "site.css", "v2")
+    s = scenario(root, backend=backend)
+    shutil.rmtree(root)
+    shutil.copytree(staging, root)
+    [line] = s.confirm(1)
+    assert line.count >= 2
+    write(root / "css" / "site.css", "v3")
+    lines = s.wait_reloads(3)
+    assert lines[2].paths == (str(root / "css" / "site.css"),)
+    s.confirm(3)
+
+
+def test_symlinked_root_swapped(scenario: Start, backend: str, tmp_path: Path) -> None:
+    """``current -> releases/1`` swapped atomically to ``releases/2``: one SIGHUP; then
+    writes in releases/2 reload and writes in releases/1 do not."""
+    rel1 = tmp_path / "releases" / "1"
+    rel2 = tmp_path / "releases" / "2"
+    write(rel1 / "app.py", "v1")
+    write(rel1 / "lib" / "util.py", "v1")
+    current = tmp_path / "current"
+    current.symlink_to("releases/1")
+    s = scenario(current, backend=backend)
+    write(rel2 / "app.py", "v2")
+    write(rel2 / "lib" / "util.py", "v2")
+    (tmp_path / "current.tmp").symlink_to("releases/2")
+    os.replace(tmp_path / "current.tmp", current)
+    [line] = s.confirm(1)
+    assert line.count >= 1
+    write(rel1 / "lib" / "util.py", "old release, not watched any more")
+    write(rel2 / "lib" / "util.py", "v3")
+    lines = s.wait_reloads(3)
+    assert lines[2].paths == (str(current / "lib" / "util.py"),)
+    s.confirm(3)
+
+
+def test_missing_watch_path_appears(start_reloadd: Callable[..., object], tmp_path: Path) -> None:
+    """A service whose watch path does not exist yet: a warning, the daemon starts, the
+    other service reloads; when the path appears with content, one SIGHUP."""
+    late = tmp_path / "late"
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    logs = {name: tmp_path / f"{name}.log" for name in ("late", "ok")}
+    text = "".join(
+        f"[services.{name}]\nwatch = [{toml_value(path)}]\n"
+        f'command = {toml_value(recorder_command(logs[name]))}\ndebounce = "300ms"\n'
+        for name, path in (("late", late), ("ok", ok))
+    )
+    r = start_reloadd(text)
+    recs = {name: Recording(path) for name, path in logs.items()}
+    wait_for(lambda: all(rec.ready_pids() for rec in recs.values()), what="both recorders")
+    assert "does not exist yet" in r.log()  # type: ignore[attr-defined]
+    write(ok / "a.txt")
+    recs["ok"].wait_count(1)
+    staging = tmp_path / "staging"
+    write(staging / "index.html")
+    write(staging / "sub" / "more.html")
+    os.rename(staging, late)
+    recs["late"].wait_count(1)
+    write(late / "sub" / "more.html", "again")
+    recs["late"].wait_count(2)
+    assert [x.service for x in r.reloads()] == ["ok", "late", "late"]  # type: ignore[attr-defined]
+    assert recs["late"].count() == 2
+    assert recs["ok"].count() == 1
+
+
+# --------------------------------------------------------------------------- hostile trees
+
+
+def test_non_utf8_names(scenario: Start, backend: str, app: Path) -> None:
+    """Files and directories whose names are not UTF-8: no crash, a reload, a decodable log."""
+    s = scenario(app, backend=backend)
+    raw = os.fsencode(app)
+    with open(raw + b"/caf\xe9.txt", "wb") as f:
+        f.write(b"x")
+    [line] = s.confirm(1)
+    assert line.paths == (str(app) + "/caf\\xe9.txt",)
+    os.mkdir(raw + b"/d\xff\xfe")
+    with open(raw + b"/d\xff\xfe/\x80.py", "wb") as f:
+        f.write(b"x")
+    lines = s.wait_reloads(3)
+    assert lines[2].count == 1
+    (app / "app.py").write_text("still works\n")
+    s.wait_reloads(4)
+    s.reloadd.stderr_path.read_bytes().decode("utf-8")  # strict: the log stays decodable
+    assert s.reloadd.proc.poll() is None
+
+
+def test_deep_tree(scenario: Start, backend: str, app: Path) -> None:
+    """A directory chain 120 levels deep, longer in total than PATH_MAX (4096), made with
+    relative paths: no crash, a file at the bottom is written, normal files still
+    reload, and the log (with its very long paths) stays decodable."""
+    s = scenario(app, backend=backend)
+    name = "d" * 40
+    fd = os.open(app, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(120):  # 120 * 41 bytes > PATH_MAX
+            os.mkdir(name, dir_fd=fd)
+            new = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = new
+        leaf = os.open("leaf.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"x")
+        os.close(leaf)
+    finally:
+        os.close(fd)
+    (app / "app.py").write_text("after\n")
+    [line] = s.confirm(1)
+    # inotify_add_watch takes a path: the directories past PATH_MAX are reported as
+    # unwatched (a warning naming them), and everything else keeps working.
+    assert line.paths == (str(app / "app.py"),)
+    assert "File name too long" in s.reloadd.log()
+    s.reloadd.stderr_path.read_bytes().decode("utf-8")  # strict: the log stays decodable
+    assert s.reloadd.proc.poll() is None
+
+
+def test_symlink_loop(scenario: Start, backend: str, app: Path) -> None:
+    """Symlink loops in the tree (to an ancestor, to itself): not followed, no crash."""
+    (app / "pkg" / "up").symlink_to("..")
+    (app / "pkg" / "self").symlink_to("self")
+    s = scenario(app, backend=backend)
+    (app / "loop").symlink_to(".")
+    (app / "pkg" / "models.py").write_text("y = 2\n")
+    [line] = s.confirm(1)
+    assert set(line.paths) == {str(app / "loop"), str(app / "pkg" / "models.py")}
+    assert s.reloadd.proc.poll() is None
+
+
+# --------------------------------------------------------------------------- holds
+
+
+def with_clock(tmp_path: Path) -> tuple[Path, str]:
+    """A second service ``clock`` with the same debounce, watching its own directory.
+
+    Its reload is the positive fact that a debounce has passed: a change written to
+    ``clock/`` *after* a change to the app settles later than the app's would have, so
+    when ``clock`` has reloaded and the app has not, the app's batch is being held.
+    """
+    clock = tmp_path / "clock"
+    clock.mkdir()
+    text = (
+        "[services.clock]\n"
+        f"watch = [{toml_value(clock)}]\n"
+        f"command = {toml_value(recorder_command(tmp_path / 'clock.log'))}\n"
+        'debounce = "300ms"\n'
+    )
+    return clock, text
+
+
+def debounce_passed(s: Scenario, clock: Path, n: int) -> None:
+    """Write to ``clock/`` and wait for the clock service's ``n``-th reload."""
+    write(clock / f"tick{n}.txt")
+    wait_for(
+        lambda: len(s.reloadd.reloads("clock")) >= n,
+        what=f"clock reload {n}",
+        detail=s.reloadd.log,
+    )
+
+
+def test_half_written_file_is_held(scenario: Start, app: Path, tmp_path: Path) -> None:
+    """1. a file is opened and half written; 2. it stays open past the debounce: no
+    reload; 3. it is finished and closed: exactly one SIGHUP, after the close.
+    (inotify only: the hold rests on IN_MODIFY without IN_CLOSE_WRITE.)"""
+    clock, clock_toml = with_clock(tmp_path)
+    s = scenario(app, backend="inotify", max_delay="8s", extra_toml=clock_toml)
+    upload = app / "upload.bin"
+    with open(upload, "wb") as f:
+        f.write(b"first half")
+        f.flush()
+        debounce_passed(s, clock, 1)
+        assert s.reloads() == [], s.reloadd.log()
+        assert s.recording.count() == 0
+        f.write(b"second half")
+    [line] = s.confirm(1)
+    assert line.paths == (str(upload),)
+
+
+def test_open_file_hold_bounded_by_max_delay(scenario: Start, app: Path) -> None:
+    """1. a file is left open after a write: one SIGHUP anyway once ``max_delay`` has
+    passed; 2. it is closed (complete now): one more, for the finished file."""
+    s = scenario(app, backend="inotify", max_delay="1s")
+    stuck = app / "stuck.txt"
+    with open(stuck, "wb") as f:
+        f.write(b"partial")
+        f.flush()
+        [line] = s.wait_reloads(1)
+        assert line.paths == (str(stuck),)
+    lines = s.wait_reloads(2)
+    assert lines[1].paths == (str(stuck),)
+    s.confirm(2)
+
+
+def test_git_index_lock_holds(scenario: Start, backend: str, app: Path, tmp_path: Path) -> None:
+    """1. ``.git/index.lock`` appears; 2. files change and settle: no reload while the
+    lock exists; 3. the lock goes: exactly one SIGHUP."""
+    (app / ".git").mkdir()
+    clock, clock_toml = with_clock(tmp_path)
+    s = scenario(app, backend=backend, max_delay="8s", extra_toml=clock_toml)
+    lock = write(app / ".git" / "index.lock", "")
+    write(app / "app.py", "version = 2\n")
+    debounce_passed(s, clock, 1)
+    assert s.reloads() == [], s.reloadd.log()
+    write(app / "pkg" / "models.py", "x = 2\n")
+    debounce_passed(s, clock, 2)
+    assert s.reloads() == [], s.reloadd.log()
+    lock.unlink()
+    [line] = s.confirm(1)
+    assert set(line.paths) == {str(app / "app.py"), str(app / "pkg" / "models.py")}
+
+
+def test_git_index_lock_bounded_by_max_delay(scenario: Start, backend: str, app: Path) -> None:
+    """A stale ``.git/index.lock`` delays a change by ``max_delay`` at most."""
+    write(app / ".git" / "index.lock", "")  # present before start: found by the walk
+    s = scenario(app, backend=backend, max_delay="1s")
+    write(app / "app.py", "version = 2\n")
+    [line] = s.wait_reloads(1)
+    assert line.paths == (str(app / "app.py"),)
+
+
+# --------------------------------------------------------------------------- overflow
+
+
+def test_queue_overflow_rescans_and_reloads_once(
+    scenario: Start, app: Path, tmp_path: Path
+) -> None:
+    """1. reloadd is stopped (SIGSTOP) so it cannot read; 2. 20,000 files are written,
+    three events each, far past the 16,384-event queue; 3. it continues: the overflow is
+    logged, the trees are rescanned, and exactly one SIGHUP follows."""
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    n = 20_000
+    assert n * 3 > limit, f"fs.inotify.max_queued_events={limit} is too large to overflow"
+    bulk = app / "bulk"
+    bulk.mkdir()
+    s = scenario(app, backend="inotify", debounce="500ms")
+    s.reloadd.proc.send_signal(signal.SIGSTOP)
+    try:
+        for i in range(n):
+            with open(bulk / f"f{i:05}", "wb") as f:
+                f.write(b"x")
+    finally:
+        s.reloadd.proc.send_signal(signal.SIGCONT)
+    s.reloadd.wait_log("inotify queue overflowed")
+    [line] = s.confirm(1)
+    assert line.count >= 1
