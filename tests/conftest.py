@@ -286,11 +286,18 @@ class Scenario:
     service: str
     sentinel_dir: Path
 
+    def started_pids(self) -> list[int]:
+        """The pids reloadd logged as started for the service (``app: started ... (pid N)``)."""
+        found = re.findall(
+            rf"^.* {re.escape(self.service)}: started .* \(pid (\d+)\)$", self.reloadd.log(), re.M
+        )
+        return [int(pid) for pid in found]
+
     @property
     def pid(self) -> int:
-        """The pid of the recorder's latest main process (its first READY line)."""
-        pids = self.recording.ready_pids()
-        assert pids, "the recorder never started"
+        """The service's current main pid, as reloadd logged it when it started it."""
+        pids = self.started_pids()
+        assert pids, f"{self.service} was never started\n{self.reloadd.log()}"
         return pids[-1]
 
     def reloads(self) -> list[ReloadLine]:
@@ -299,10 +306,15 @@ class Scenario:
     def _detail(self) -> str:
         return f"recorded: {self.recording.lines()}\n--- reloadd log ---\n{self.reloadd.log()}"
 
-    def wait_reloads(self, n: int, timeout: float = DEADLINE) -> list[ReloadLine]:
-        """Wait until ``n`` reloads were logged *and* their signals recorded."""
+    def wait_reloads(
+        self, n: int, timeout: float = DEADLINE, signal: str | None = "SIGHUP"
+    ) -> list[ReloadLine]:
+        """Wait until ``n`` reloads were logged *and* (unless ``signal`` is None, as for
+        ``action = "restart"``) ``n`` such signals recorded."""
         wait_for(
-            lambda: len(self.reloads()) >= n and self.recording.count() >= n,
+            lambda: (
+                len(self.reloads()) >= n and (signal is None or self.recording.count(signal) >= n)
+            ),
             timeout,
             f"{n} reload(s) of {self.service}",
             self._detail,
@@ -340,8 +352,9 @@ def scenario(tmp_path: Path, start_reloadd: Callable[..., Reloadd]) -> Callable[
 
     ``scenario(watch, debounce="300ms", sentinel_dir=None, recorder_args=(), **keys)``:
     ``watch`` is a path or a list of paths; ``keys`` are further service keys (a backend,
-    ``max_delay="5s"``, ``exclude=[...]``); ``sentinel_dir`` defaults to the first watch
-    path when it is a directory.
+    ``max_delay="5s"``, ``exclude=[...]``; a ``command`` of your own replaces the recorder,
+    it should still run recorders writing to ``tmp_path / "signals.log"``);
+    ``sentinel_dir`` defaults to the first watch path; ``extra_toml`` adds services.
     """
 
     def start(
@@ -358,10 +371,11 @@ def scenario(tmp_path: Path, start_reloadd: Callable[..., Reloadd]) -> Callable[
         lines = [
             "[services.app]",
             f"watch = {toml_value(paths)}",
-            f"command = {toml_value(recorder_command(log, *recorder_args))}",
+            f"command = {toml_value(keys.pop('command', recorder_command(log, *recorder_args)))}",
             f"debounce = {toml_value(debounce)}",
         ]
         lines += [f"{key} = {toml_value(value)}" for key, value in keys.items()]
+        lines += ["[daemon]", f"socket = {toml_value(tmp_path / 'control.sock')}"]
         r = start_reloadd("\n".join(lines) + "\n" + extra_toml)
         rec = Recording(log)
         wait_for(lambda: rec.ready_pids(), what="the recorder to start", detail=r.log)

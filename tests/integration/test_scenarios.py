@@ -351,6 +351,7 @@ def test_missing_watch_path_appears(start_reloadd: Callable[..., object], tmp_pa
         f'command = {toml_value(recorder_command(logs[name]))}\ndebounce = "300ms"\n'
         for name, path in (("late", late), ("ok", ok))
     )
+    text += f"[daemon]\nsocket = {toml_value(tmp_path / 'control.sock')}\n"
     r = start_reloadd(text)
     recs = {name: Recording(path) for name, path in logs.items()}
     wait_for(lambda: all(rec.ready_pids() for rec in recs.values()), what="both recorders")
