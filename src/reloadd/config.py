@@ -57,6 +57,7 @@ import os
 import pwd
 import re
 import shlex
+import stat
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1067,7 +1068,13 @@ def _build_service(
                 f"{_key('services', raw.name, 'watch')}: {path} cannot be checked "
                 f"({e.strerror or e}); the service waits for it"
             )
-    return ServiceSpec(name=raw.name, source=raw.file, **values)
+    spec = ServiceSpec(name=raw.name, source=raw.file, **values)
+    unsafe = root_over_writable_tree(spec)
+    if unsafe is not None:  # issue 8: the app's user must not be able to make root run code
+        runner = next(k for k in _RUNNER_KEYS if getattr(spec, k) is not None)
+        out.add(raw.file, ("services", raw.name, runner), unsafe)
+        return None
+    return spec
 
 
 def load(path: str | os.PathLike[str]) -> Config:
@@ -1166,3 +1173,108 @@ def summary(config: Config) -> list[str]:
         parts.append(f"debounce {format_duration(spec.debounce)}")
         lines.append("; ".join(parts))
     return lines
+
+
+# --------------------------------------------------------------- root over a writable tree
+
+_RUNNER_KEYS = ("command", "check", "exec")
+
+
+def root_over_writable_tree(spec: ServiceSpec, *, euid: int | None = None) -> str | None:
+    """Why running ``spec``'s commands as root would let a non-root user run code as root.
+
+    DESIGN.md: running as root, reloadd never runs a ``command``, ``check`` or ``exec`` as
+    root over a tree that a non-root user can write, unless the service names ``user``
+    explicitly (``user = "root"`` when that is really meant). A tree is writable by others
+    when its root or anything in it (directories, files, symlinks; symlinks are not
+    followed) is owned by a non-root user or writable by a group other than root's or by
+    everyone (sticky or not: new files can still be added), or when a directory above it
+    is owned by a non-root user or writable by others without being a root-owned sticky
+    directory such as /tmp. A watch path that does not exist yet is judged by the nearest
+    directory that does (whoever can write there can create it). None when it is safe.
+
+    Example:
+        >>> root_over_writable_tree(spec)  # doctest: +SKIP
+        'runs check as root over /srv/api: /srv/api/app is owned by www-data (uid 33), ...'
+    """
+    euid = os.geteuid() if euid is None else euid
+    runs = [k for k in _RUNNER_KEYS if getattr(spec, k) is not None]
+    if euid != 0 or spec.user is not None or not runs:
+        return None
+    for path in spec.watch:
+        why = _tree_writer(path)
+        if why is not None:
+            return (
+                f"runs {' and '.join(runs)} as root over {path}, but {why}: that user could "
+                f'make root run code. Set user = "<the app\'s user>" to run '
+                f'{"them" if len(runs) > 1 else "it"} as that user, or user = "root" if '
+                "root is really meant"
+            )
+    return None
+
+
+def _tree_writer(path: str) -> str | None:
+    literal = os.path.abspath(path)
+    real = os.path.realpath(literal)
+    top = real
+    while not os.path.lexists(top) and os.path.dirname(top) != top:
+        top = os.path.dirname(top)  # a path that does not exist yet: who can create it?
+    for start in (literal, real):
+        for above in _dirs_above(start):
+            why = _entry_writer(above, os.stat, sticky_ok=True)
+            if why is not None:
+                return why
+    why = _entry_writer(top, os.stat, sticky_ok=False)
+    if why is not None or top != real or not os.path.isdir(real):
+        return why
+    for dirpath, dirnames, filenames in os.walk(real, onerror=None, followlinks=False):
+        for name in (*dirnames, *filenames):
+            why = _entry_writer(os.path.join(dirpath, name), os.lstat, sticky_ok=False)
+            if why is not None:
+                return why
+    return None
+
+
+def _entry_writer(
+    path: str, stat_fn: Callable[[str], os.stat_result], *, sticky_ok: bool
+) -> str | None:
+    """ "<path> is owned by ..." / "<path> is writable by ..." when a non-root user can."""
+    try:
+        st = stat_fn(path)
+    except OSError:
+        return None  # vanished meanwhile, or a dangling symlink above: nothing to judge
+    kind = st.st_mode
+    if not (stat.S_ISDIR(kind) or stat.S_ISREG(kind) or stat.S_ISLNK(kind)):
+        return None  # sockets, fifos, devices: no code is loaded from them
+    mode = stat.S_IMODE(kind)
+    if st.st_uid != 0:
+        return f"{path} is owned by {_uid_name(st.st_uid)} (mode {mode:04o})"
+    if stat.S_ISLNK(kind):
+        return None
+    if sticky_ok and stat.S_ISDIR(kind) and mode & stat.S_ISVTX:
+        return None  # root-owned and sticky (/tmp): others cannot replace root's entries
+    if mode & stat.S_IWOTH:
+        return f"{path} is writable by everyone (owner root, mode {mode:04o})"
+    if mode & stat.S_IWGRP and st.st_gid != 0:
+        try:
+            group = f"{grp.getgrgid(st.st_gid).gr_name} (gid {st.st_gid})"
+        except KeyError:
+            group = f"gid {st.st_gid}"
+        return f"{path} is writable by group {group} (owner root, mode {mode:04o})"
+    return None
+
+
+def _dirs_above(path: str) -> list[str]:
+    """The directories above ``path``, nearest first, up to ``/``."""
+    out = []
+    while os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+        out.append(path)
+    return out
+
+
+def _uid_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"

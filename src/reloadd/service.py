@@ -300,7 +300,7 @@ class Service:
             try:
                 record.action = await self._deliver()
             except DeliveryError as exc:
-                self._fail(record, "delivery-failed", str(exc))
+                self._fail(record, "delivery-failed", str(exc), exc.result)
                 return record
             delivered = loop.time()
             if trigger == "change":
@@ -325,8 +325,8 @@ class Service:
             assert spec.exec is not None
             res = await run(spec.exec, spec, spec.exec_timeout)
             if not res.ok:
-                raise DeliveryError(f"exec {res.describe()}: {_last_line(res.output)}")
-            return f"exec {' '.join(spec.exec)}: exit 0"
+                raise DeliveryError(f"exec failed: {res.describe()}", res)
+            return f"exec {' '.join(spec.exec)}: exited with status 0"
         return await self.target.signal(spec.signal, spec.scope)
 
     def _fail(self, record: Reload, result: str, error: str, res: RunResult | None = None) -> None:

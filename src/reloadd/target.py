@@ -1,13 +1,26 @@
 """How to reach a service's processes: ``Supervised``, ``Pidfile``, ``Unit``.
 
-Every delivery goes through ``safe_kill``/``safe_killpg``, which refuse pid <= 1,
-reloadd's own pid and reloadd's own process group whatever a pidfile or systemd says.
-A supervised child is signalled through a pidfd (Linux >= 5.3), so a pid that was
-recycled after the child died is never hit.
+Design notes (issue 8; docs/safety.md is the operator's version):
 
-``run`` is the one way reloadd runs a short-lived command for a service (``check`` and
-``exec``): its own session, the service's process keys, a timeout that kills the whole
-process group, and the last ``OUTPUT_TAIL`` bytes of its output kept.
+- Every delivery goes through ``safe_kill``/``safe_killpg``, which refuse pid <= 1,
+  reloadd's own pid and reloadd's own process group whatever a pidfile or systemd says.
+- A supervised child is signalled through a pidfd (Linux >= 5.3), so a pid that was
+  recycled after the child died is never hit. A pidfile's pid is pinned with a pidfd
+  *before* it is vetted, so the process that was vetted is the one that is signalled.
+- Pidfile trust follows systemd's PIDFile= rule: running as root, a pidfile that a
+  non-root user could have written (the file or a directory on its path owned by, or
+  writable by, a non-root user; a root-owned sticky directory such as /tmp does not
+  count) is believed only for a process owned by that same user. ``expect_user`` pins
+  the owner on top of that.
+- Children start clean: their own session, fds 0-2 only, an empty signal mask and default
+  signal handlers. CPython's subprocess resets only SIGPIPE/SIGXFSZ (``restore_signals``)
+  and passes the parent's signal mask and ignored signals on through exec, so
+  ``prepare_signals`` empties reloadd's own mask and turns every signal reloadd inherited
+  as ignored into a no-op Python handler: reloadd still ignores it, and a caught signal
+  is reset to its default by exec. No ``preexec_fn`` (unsafe with threads).
+- ``run`` is the one way reloadd runs a short-lived command for a service (``check`` and
+  ``exec``): its own session, the service's process keys, a timeout that kills the whole
+  process group, and the last ``OUTPUT_TAIL`` bytes of its output kept.
 """
 
 from __future__ import annotations
@@ -16,8 +29,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import signal
+import stat
+import subprocess
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,15 +43,29 @@ from reloadd.config import ServiceSpec
 
 log = logging.getLogger("reloadd.target")
 
-OUTPUT_TAIL = 4096
-_DROP_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS")
-_DROP_PREFIX = ("LISTEN_",)
+OUTPUT_TAIL = 4096  # bytes of a check's / exec's output kept (the tail)
+_DROP_ENV = ("NOTIFY_SOCKET",)
+_DROP_PREFIX = ("LISTEN_", "WATCHDOG_")
 BACKOFF_MAX = 60.0  # seconds: cap on the delay between restarts of a crashing command
 UP_RESETS_BACKOFF = 30.0  # seconds up after which the next crash starts from restart_delay
+START_LIMIT_BURST = 5  # starts (attempts) allowed within START_LIMIT_INTERVAL ...
+START_LIMIT_INTERVAL = 60.0  # ... seconds; one more crash and the service is failed
+NOBODY_GID = 65534  # primary group of a numeric `user` that has no passwd entry
+PID_MAX_DEFAULT = 4194304  # the kernel's hard limit, when /proc/sys/kernel/pid_max is unreadable
+PIDFILE_MAX_BYTES = 64
+
+# Test seam (fault injection): called with the pid after a pidfile's pid has been read,
+# pinned and vetted, just before the signal is sent. Tests use it to make the process
+# vanish inside that window, which cannot be caused reliably from outside.
+before_pidfile_signal: Callable[[int], None] | None = None
 
 
 class DeliveryError(Exception):
     """A signal, restart or exec could not be delivered; the message says why."""
+
+    def __init__(self, message: str, result: RunResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result  # the exec's RunResult, when an exec failed
 
 
 def _check_pid(pid: int) -> None:
@@ -66,6 +97,40 @@ def safe_killpg(pgid: int, sig: int) -> None:
         raise DeliveryError(f"not permitted to signal process group {pgid}") from None
 
 
+# -- how children are started -----------------------------------------------------------
+
+
+def _noop_handler(signum: int, frame: object) -> None:
+    """Stands in for SIG_IGN in reloadd: still ignored here, reset to default by exec."""
+
+
+_signals_prepared = False
+
+
+def prepare_signals() -> None:
+    """Make the signal state that children inherit clean (see the module docstring).
+
+    Idempotent and cheap; must run in the main thread (where asyncio spawns children).
+    SIGPIPE and SIGXFSZ stay ignored in reloadd: Python relies on that, and
+    ``restore_signals=True`` resets them in the child.
+    """
+    global _signals_prepared
+    if signal.pthread_sigmask(signal.SIG_BLOCK, ()):  # adds nothing; returns the mask
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    if _signals_prepared:
+        return
+    keep = {signal.SIGPIPE, signal.SIGXFSZ, signal.SIGKILL, signal.SIGSTOP}
+    for sig in signal.valid_signals():
+        if sig in keep:
+            continue
+        try:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                signal.signal(sig, _noop_handler)
+        except (OSError, ValueError, RuntimeError):  # reserved by libc, or not main thread
+            continue
+    _signals_prepared = True
+
+
 def child_environment(spec: ServiceSpec) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if k not in _DROP_ENV and not k.startswith(_DROP_PREFIX)
@@ -74,8 +139,50 @@ def child_environment(spec: ServiceSpec) -> dict[str, str]:
     return env
 
 
+def _ids(spec: ServiceSpec) -> dict[str, Any]:
+    """user/group/extra_groups for the child: supplementary groups are always initialised.
+
+    Without ``extra_groups`` CPython keeps reloadd's own supplementary groups (root's) in a
+    child that runs as another user; a numeric user without a passwd entry gets no
+    supplementary groups and, unless ``group`` is set, the primary group nogroup (65534).
+    """
+    opts: dict[str, Any] = {}
+    gid: int | str | None = None
+    if spec.group is not None:
+        gid = int(spec.group) if spec.group.isdigit() else spec.group
+        opts["group"] = gid
+    if spec.user is None:
+        return opts
+    entry: pwd.struct_passwd | None
+    try:
+        entry = pwd.getpwuid(int(spec.user)) if spec.user.isdigit() else pwd.getpwnam(spec.user)
+    except KeyError:
+        entry = None
+    if entry is None:
+        if not spec.user.isdigit():
+            raise KeyError(f"no such user {spec.user!r}")
+        opts["user"] = int(spec.user)
+        opts.setdefault("group", NOBODY_GID)
+        opts["extra_groups"] = []
+        return opts
+    opts["user"] = entry.pw_uid
+    if gid is None:
+        opts["group"] = entry.pw_gid
+    primary = opts["group"]
+    if isinstance(primary, str):
+        import grp
+
+        primary = grp.getgrnam(primary).gr_gid
+    try:
+        opts["extra_groups"] = os.getgrouplist(entry.pw_name, primary)
+    except OSError:
+        opts["extra_groups"] = [primary]
+    return opts
+
+
 def spawn_options(spec: ServiceSpec) -> dict[str, Any]:
     """Keyword arguments for asyncio.create_subprocess_exec: the service's process keys."""
+    prepare_signals()
     opts: dict[str, Any] = {
         "cwd": spec.working_directory,
         "env": child_environment(spec),
@@ -84,28 +191,11 @@ def spawn_options(spec: ServiceSpec) -> dict[str, Any]:
         "close_fds": True,
         "restore_signals": True,
     }
-    if spec.user is not None:
-        opts["user"] = spec.user
-        if spec.group is None:
-            import pwd
-
-            try:
-                entry = pwd.getpwnam(spec.user) if not spec.user.isdigit() else None
-            except KeyError:
-                entry = None
-            if entry is not None:
-                opts["group"] = entry.pw_gid
-                opts["extra_groups"] = _groups_of(entry.pw_name, entry.pw_gid)
-    if spec.group is not None:
-        opts["group"] = spec.group
+    opts.update(_ids(spec))
     return opts
 
 
-def _groups_of(user: str, gid: int) -> list[int]:
-    try:
-        return os.getgrouplist(user, gid)
-    except OSError:
-        return [gid]
+_SPAWN_ERRORS = (OSError, ValueError, KeyError, subprocess.SubprocessError)
 
 
 @dataclass(frozen=True)
@@ -115,6 +205,7 @@ class RunResult:
     output: str  # the last OUTPUT_TAIL bytes of stdout+stderr, decoded leniently
     timed_out: bool = False
     error: str = ""  # why it could not be started
+    timeout: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -125,14 +216,26 @@ class RunResult:
         if self.error:
             return f"{name} could not be started: {self.error}"
         if self.timed_out:
-            return f"{name} timed out and was killed"
+            return f"{name} timed out after {self.timeout:g}s and was killed with its group"
         if self.returncode is not None and self.returncode < 0:
-            return f"{name} was killed by {signal.Signals(-self.returncode).name}"
+            return f"{name} was killed by {_signame(-self.returncode)}"
         return f"{name} exited with status {self.returncode}"
 
 
+def _signame(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
 async def run(argv: Sequence[str], spec: ServiceSpec, timeout: float) -> RunResult:
-    """Run a short command for a service; never raises for the command's failures."""
+    """Run a short command for a service; never raises for the command's failures.
+
+    The command gets its own session; at the timeout its whole process group is killed
+    (SIGKILL), children included. Output (stdout and stderr together) is read as it comes
+    and only the last OUTPUT_TAIL bytes are kept, so a chatty check cannot eat memory.
+    """
     argv = tuple(argv)
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -141,9 +244,8 @@ async def run(argv: Sequence[str], spec: ServiceSpec, timeout: float) -> RunResu
             stderr=asyncio.subprocess.STDOUT,
             **spawn_options(spec),
         )
-    except (OSError, ValueError, KeyError) as exc:
+    except _SPAWN_ERRORS as exc:
         return RunResult(argv, None, "", error=_os_error(exc))
-    assert proc.stdout is not None
     tail = bytearray()
 
     async def collect() -> None:
@@ -151,29 +253,45 @@ async def run(argv: Sequence[str], spec: ServiceSpec, timeout: float) -> RunResu
         while chunk := await proc.stdout.read(65536):
             tail.extend(chunk)
             del tail[:-OUTPUT_TAIL]
-        await proc.wait()
 
+    reader = asyncio.get_running_loop().create_task(collect())
     timed_out = False
     try:
-        await asyncio.wait_for(collect(), timeout)
+        await asyncio.wait_for(proc.wait(), timeout)
     except asyncio.TimeoutError:
         timed_out = True
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc)
         await proc.wait()
     except asyncio.CancelledError:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc)
         await proc.wait()
+        reader.cancel()
         raise
+    # The leader is gone; a leftover that still holds the pipe open (a daemonising check)
+    # must not hold the reload: give the output a moment, then stop reading.
+    try:
+        await asyncio.wait_for(asyncio.shield(reader), 1.0)
+    except asyncio.TimeoutError:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
     text = tail.decode("utf-8", "replace")
-    return RunResult(argv, None if timed_out else proc.returncode, text, timed_out=timed_out)
+    code = None if timed_out else proc.returncode
+    return RunResult(argv, code, text, timed_out=timed_out, timeout=timeout)
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the session a check/exec/command leads (its pgid is its pid)."""
+    with contextlib.suppress(DeliveryError):
+        safe_killpg(proc.pid, signal.SIGKILL)
 
 
 def _os_error(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
     return str(exc)
 
 
@@ -195,7 +313,17 @@ class Target(Protocol):
 
 
 class Supervised:
-    """A command reloadd starts in its own session, reaps, restarts and stops."""
+    """A command reloadd starts in its own session, reaps, restarts and stops.
+
+    Restart policy (``restart``): ``no``, ``on-failure`` (exit status != 0, killed by a
+    signal, or could not be started) or ``always``. The delay before a restart starts at
+    ``restart_delay`` and doubles with each restart, up to ``max(BACKOFF_MAX,
+    restart_delay)``; a run that lasted UP_RESETS_BACKOFF seconds resets it. Every start
+    attempt counts towards the start limit: when a restart would be the
+    START_LIMIT_BURST + 1-th attempt within START_LIMIT_INTERVAL seconds, supervision gives
+    up and ``failed`` says why, until ``restart()`` or a new ``start()`` (config change).
+    A command that ends under ``restart = "no"`` with a failure is ``failed`` too.
+    """
 
     kind = "command"
 
@@ -207,10 +335,13 @@ class Supervised:
         self.starts = 0
         self.last_exit: str = ""
         self.failed: str = ""  # why supervision gave up; empty while it is fine
+        self.next_start: float | None = None  # monotonic time of a scheduled restart
         self._stopping = False
         self._reaper: asyncio.Task[None] | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._spawning = False
         self._delay = spec.restart_delay
-        self._start_times: list[float] = []
+        self._attempts: deque[float] = deque(maxlen=START_LIMIT_BURST)
         self.on_exit: Callable[[], None] | None = None  # the service looks again at its state
 
     @property
@@ -227,67 +358,99 @@ class Supervised:
             "starts": self.starts,
             "last_exit": self.last_exit or None,
             "failed": self.failed or None,
+            "restart_in": (
+                round(max(0.0, self.next_start - time.monotonic()), 3)
+                if self.next_start is not None
+                else None
+            ),
         }
 
     async def start(self) -> None:
+        """Start the command unless it runs; a failed one starts afresh (config change)."""
         if self.pid is not None:
             return  # already running (handed over by a config change)
+        if self._timer is not None and not self._timer.done() and not self.failed:
+            return  # a restart is already scheduled
         self._stopping = False
-        self.failed = ""
+        if self.failed:
+            self._reset_limits()
         await self._spawn()
+
+    def _reset_limits(self) -> None:
+        self.failed = ""
+        self._attempts.clear()
+        self._delay = self.spec.restart_delay
 
     async def _spawn(self) -> None:
         argv = self.spec.command or ()
+        self._attempts.append(time.monotonic())
+        self.next_start = None
+        self._spawning = True
         try:
             self.proc = await asyncio.create_subprocess_exec(*argv, **spawn_options(self.spec))
-        except (OSError, ValueError, KeyError) as exc:
+        except _SPAWN_ERRORS as exc:
             self.proc = None
-            self.last_exit = f"could not start {argv[0]}: {_os_error(exc)}"
+            self.last_exit = f"could not start {argv[0] if argv else '?'}: {_os_error(exc)}"
             log.error("%s: %s", self.spec.name, self.last_exit)
-            self._schedule_restart(failure=True)
+            self._after_exit(failure=True)
             return
+        finally:
+            self._spawning = False
         self.starts += 1
         self.started_at = time.monotonic()
-        self._start_times = [t for t in self._start_times if self.started_at - t < 60] + [
-            self.started_at
-        ]
         try:
             self.pidfd = os.pidfd_open(self.proc.pid)
-        except OSError:
+        except OSError:  # pragma: no cover - Linux < 5.3
             self.pidfd = None
         log.info("%s: started %s (pid %d)", self.spec.name, " ".join(argv), self.proc.pid)
         self._reaper = asyncio.get_running_loop().create_task(self._reap(self.proc))
 
     async def _reap(self, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
+        if proc is not self.proc:
+            return
         self._close_pidfd()
         self.last_exit = _describe_exit(code)
         if self._stopping:
             return
-        failure = code != 0
         log.warning("%s: pid %d %s", self.spec.name, proc.pid, self.last_exit)
-        self._schedule_restart(failure=failure)
-        if self.on_exit is not None:
-            self.on_exit()
+        self._after_exit(failure=code != 0)
 
-    def _schedule_restart(self, failure: bool) -> None:
+    def _after_exit(self, failure: bool) -> None:
+        """The command ended (or could not start): restart it, or give up and say why."""
+        if self._stopping:
+            return
         policy = self.spec.restart
-        if self._stopping or policy == "no" or (policy == "on-failure" and not failure):
+        if policy == "no" or (policy == "on-failure" and not failure):
+            if failure:
+                self.failed = f"{self.last_exit}; not restarted (restart = {policy!r})"
+                log.error("%s: %s", self.spec.name, self.failed)
+            self._notify()
             return
         now = time.monotonic()
-        if self.started_at is not None and now - self.started_at > UP_RESETS_BACKOFF:
-            self._delay = self.spec.restart_delay
-        if len(self._start_times) >= 5:
+        recent = [t for t in self._attempts if now - t < START_LIMIT_INTERVAL]
+        if len(recent) >= START_LIMIT_BURST:
             self.failed = (
-                f"started {len(self._start_times)} times within 60s; giving up until "
+                f"{self.last_exit}; started {len(recent)} times within "
+                f"{START_LIMIT_INTERVAL:g}s (the start limit): not restarting until "
                 "`reloadctl restart` or a config change"
             )
             log.error("%s: %s", self.spec.name, self.failed)
+            self._notify()
             return
-        delay, self._delay = self._delay, min(self._delay * 2 or 0.1, BACKOFF_MAX)
-        log.info("%s: restarting in %.1fs", self.spec.name, delay)
-        loop = asyncio.get_running_loop()
-        self._reaper = loop.create_task(self._restart_after(delay))
+        if self.started_at is not None and now - self.started_at >= UP_RESETS_BACKOFF:
+            self._delay = self.spec.restart_delay
+        delay = self._delay
+        cap = max(BACKOFF_MAX, self.spec.restart_delay)
+        self._delay = min(delay * 2 or 0.1, cap)
+        self.next_start = now + delay
+        log.info("%s: restarting in %.3gs", self.spec.name, delay)
+        self._timer = asyncio.get_running_loop().create_task(self._restart_after(delay))
+        self._notify()
+
+    def _notify(self) -> None:
+        if self.on_exit is not None:
+            self.on_exit()
 
     async def _restart_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -304,7 +467,7 @@ class Supervised:
         if pid is None:
             raise DeliveryError(
                 f"{self.spec.command[0] if self.spec.command else '?'} "
-                f"is not running ({self.last_exit or 'not started'})"
+                f"is not running ({self.failed or self.last_exit or 'not started'})"
             )
         if scope == "group":
             safe_killpg(pid, sig)
@@ -314,28 +477,37 @@ class Supervised:
                 signal.pidfd_send_signal(self.pidfd, sig)
             except ProcessLookupError:
                 raise DeliveryError(f"pid {pid} has exited") from None
-        else:
+        else:  # pragma: no cover - Linux < 5.3
             safe_kill(pid, sig)
         return f"{sig.name} -> pid {pid}"
 
     async def restart(self) -> str:
+        """Stop (if running) and start again, clearing the start limit and the back-off."""
         old = self.pid
         await self.stop()
-        self._start_times.clear()
-        self._delay = self.spec.restart_delay
-        await self.start()
+        self._reset_limits()
+        self._stopping = False
+        await self._spawn()
         new = self.pid
-        return f"restarted: pid {old} -> {new}" if new else f"restart failed: {self.last_exit}"
+        if new is None:
+            raise DeliveryError(f"restart failed: {self.failed or self.last_exit}")
+        return f"restarted: pid {old} -> {new}" if old else f"started: pid {new}"
 
     async def stop(self) -> None:
         """stop_signal to the whole group, stop_timeout, then SIGKILL; each step logged."""
         self._stopping = True
-        if self._reaper is not None and not self._reaper.done():
-            current = asyncio.current_task()
-            if self._reaper is not current:
-                self._reaper.cancel()
+        self.next_start = None
+        timer = self._timer
+        if timer is not None and not timer.done() and timer is not asyncio.current_task():
+            if self._spawning:  # let a start in progress finish, then stop what it started
+                await asyncio.shield(timer)
+            else:
+                timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
         proc = self.proc
         if proc is None or proc.returncode is not None:
+            await self._join_reaper()
             self._close_pidfd()
             return
         pgid = proc.pid
@@ -356,20 +528,166 @@ class Supervised:
         with contextlib.suppress(DeliveryError):
             safe_killpg(pgid, signal.SIGKILL)  # leftovers of the group, or the hung leader
         await proc.wait()
+        await self._join_reaper()
         self._close_pidfd()
         self.last_exit = _describe_exit(proc.returncode)
+
+    async def _join_reaper(self) -> None:
+        reaper = self._reaper
+        if reaper is not None and not reaper.done() and reaper is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
 
 
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "running"
     if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
+        return f"killed by {_signame(-code)}"
     return f"exited with status {code}"
 
 
+# -- pidfiles ---------------------------------------------------------------------------
+
+
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):  # pragma: no cover - no procfs
+        return PID_MAX_DEFAULT
+
+
+def parse_pid(raw: bytes, path: str) -> int:
+    """The pid a pidfile holds, or DeliveryError saying what is wrong with it."""
+    if len(raw) > PIDFILE_MAX_BYTES:
+        raise DeliveryError(f"pidfile {path} is not a pidfile (over {PIDFILE_MAX_BYTES} bytes)")
+    text = raw.decode("ascii", "replace").strip()
+    if not text:
+        raise DeliveryError(f"pidfile {path} is empty")
+    if not (text.isascii() and text.isdigit()):
+        raise DeliveryError(f"pidfile {path} does not hold a pid: {text[:20]!r}")
+    pid = int(text)
+    limit = _pid_max()
+    if pid > limit:
+        raise DeliveryError(f"pidfile {path} holds pid {pid}, beyond the kernel's pid_max {limit}")
+    if pid <= 1:
+        raise DeliveryError(f"pidfile {path} holds pid {pid}: refusing to signal it")
+    if pid == os.getpid():
+        raise DeliveryError(f"pidfile {path} holds pid {pid}: that is reloadd itself")
+    return pid
+
+
+def _is_unsafe_dir(st: os.stat_result) -> str:
+    """Why a directory lets a non-root user replace what is in it ("" if it does not)."""
+    if st.st_uid != 0:
+        return f"owned by {_user_name(st.st_uid)}"
+    mode = st.st_mode
+    if mode & stat.S_ISVTX:
+        return ""  # root-owned sticky (/tmp): others cannot replace root's entries
+    if mode & stat.S_IWOTH:
+        return f"writable by everyone (mode {stat.S_IMODE(mode):04o})"
+    if mode & stat.S_IWGRP and st.st_gid != 0:
+        return f"writable by group {_group_name(st.st_gid)} (mode {stat.S_IMODE(mode):04o})"
+    return ""
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
+    except KeyError:
+        return f"gid {gid}"
+
+
+@dataclass(frozen=True)
+class Writers:
+    """Who besides root could have written a file: owners, or "anyone" (open_by)."""
+
+    uids: frozenset[int]  # non-root owners of the file or of a directory on its path
+    open_by: str  # "" or the first entry writable by a group/everyone: "/run/x: writable by ..."
+
+    @property
+    def root_only(self) -> bool:
+        return not self.uids and not self.open_by
+
+
+def path_writers(path: str, file_stat: os.stat_result | None = None) -> Writers:
+    """Who could have written ``path`` (systemd's PIDFile= notion of an unsafe pidfile).
+
+    The file itself and every directory on its path count: the directories of the path as
+    written (each one resolved, so a symlinked directory is judged by its target) and of
+    its fully resolved form (a symlink planted in a user's directory is caught by the
+    former, the file it points to by the latter).
+    """
+    uids: set[int] = set()
+    open_by = ""
+    dirs: list[str] = []
+    for p in (os.path.abspath(path), os.path.realpath(path)):
+        d = os.path.dirname(p)
+        while True:
+            if d not in dirs:
+                dirs.append(d)
+            parent = os.path.dirname(d)
+            if parent == d:
+                break
+            d = parent
+    for d in dirs:
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue
+        if st.st_uid != 0:
+            uids.add(st.st_uid)
+        why = _is_unsafe_dir(st)
+        if why and st.st_uid == 0 and not open_by:
+            open_by = f"directory {d} is {why}"
+    if file_stat is not None:
+        if file_stat.st_uid != 0:
+            uids.add(file_stat.st_uid)
+        mode = file_stat.st_mode
+        if not open_by and (mode & stat.S_IWOTH or (mode & stat.S_IWGRP and file_stat.st_gid)):
+            open_by = (
+                f"{path} is writable by "
+                f"{'everyone' if mode & stat.S_IWOTH else _group_name(file_stat.st_gid)} "
+                f"(mode {stat.S_IMODE(mode):04o})"
+            )
+    return Writers(frozenset(uids), open_by)
+
+
+def process_uid(pid: int) -> int:
+    """The real uid of ``pid`` (from /proc/PID/status), as systemd checks it."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("State:") and line.split()[1] in ("Z", "X"):
+                    raise DeliveryError(f"pid {pid} has exited (it is a zombie)")
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    raise DeliveryError(f"pid {pid} does not exist (stale pidfile?)")
+
+
+def _uid_of(user: str) -> int:
+    return int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+
+
 class Pidfile:
-    """A process started by someone else, found through its pidfile at each delivery."""
+    """A process started by someone else, found through its pidfile at each delivery.
+
+    Each delivery re-reads the pidfile, opens a pidfd on the pid (so the process cannot be
+    swapped for another one with the same pid afterwards), vets it (``vet``) and signals
+    through the pidfd. Every refusal is a DeliveryError whose message is the status.
+    """
 
     kind = "pidfile"
 
@@ -378,20 +696,71 @@ class Pidfile:
         self.spec = spec
         self.path = spec.pidfile
 
-    def read_pid(self) -> int:
+    def read(self) -> tuple[int, os.stat_result]:
+        """The pid in the pidfile and the file's stat, read through one descriptor."""
+        flags = os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            with open(self.path, "rb") as f:
-                raw = f.read(64)
+            fd = os.open(self.path, flags)
         except OSError as exc:
             raise DeliveryError(f"cannot read pidfile {self.path}: {exc.strerror}") from None
-        text = raw.decode("ascii", "replace").strip()
-        if not text.isdigit():
-            raise DeliveryError(f"pidfile {self.path} does not hold a pid: {text[:20]!r}")
-        pid = int(text)
-        if pid > 4194304:
-            raise DeliveryError(f"pidfile {self.path} holds an impossible pid {pid}")
-        _check_pid(pid)
-        return pid
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise DeliveryError(f"pidfile {self.path} is not a regular file")
+            raw = os.read(fd, PIDFILE_MAX_BYTES + 1)
+        except OSError as exc:
+            raise DeliveryError(f"cannot read pidfile {self.path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        return parse_pid(raw, self.path), st
+
+    def read_pid(self) -> int:
+        return self.read()[0]
+
+    def vet(self, pid: int, file_stat: os.stat_result) -> None:
+        """Refuse a pid that the pidfile's writers must not be able to aim reloadd at."""
+        try:
+            pgid = os.getpgid(pid)
+        except ProcessLookupError:
+            raise DeliveryError(f"pid {pid} from {self.path} does not exist (stale)") from None
+        if pgid == os.getpgrp():
+            raise DeliveryError(
+                f"pidfile {self.path} holds pid {pid}, which is in reloadd's own process group"
+            )
+        owner = process_uid(pid)
+        if os.geteuid() == 0:
+            writers = path_writers(self.path, file_stat)
+            if writers.open_by:
+                raise DeliveryError(
+                    f"pidfile {self.path} is not trusted: {writers.open_by}, so anyone "
+                    "could have written it; make it writable by its owner only"
+                )
+            if len(writers.uids) > 1:
+                names = ", ".join(_user_name(u) for u in sorted(writers.uids))
+                raise DeliveryError(
+                    f"pidfile {self.path} is not trusted: several users ({names}) could "
+                    "have written it"
+                )
+            if writers.uids and owner not in writers.uids:
+                (writer,) = writers.uids
+                raise DeliveryError(
+                    f"pidfile {self.path} could have been written by {_user_name(writer)}, "
+                    f"but pid {pid} belongs to {_user_name(owner)}: refusing to signal it "
+                    "(a pidfile an unprivileged user can write is only believed for that "
+                    "user's own processes)"
+                )
+        if self.spec.expect_user is not None:
+            try:
+                want = _uid_of(self.spec.expect_user)
+            except KeyError:
+                raise DeliveryError(
+                    f"expect_user {self.spec.expect_user!r} does not exist"
+                ) from None
+            if owner != want:
+                raise DeliveryError(
+                    f"pid {pid} from {self.path} belongs to {_user_name(owner)}, "
+                    f"not to expect_user {self.spec.expect_user}"
+                )
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"kind": "pidfile", "pidfile": self.path, "pid": None, "pgid": None}
@@ -405,16 +774,35 @@ class Pidfile:
         return None
 
     async def signal(self, sig: signal.Signals, scope: str) -> str:
-        pid = self.read_pid()
-        if scope == "group":
+        pid, st = self.read()
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            raise DeliveryError(f"pid {pid} from {self.path} does not exist (stale)") from None
+        except OSError as exc:  # pragma: no cover - Linux < 5.3
+            raise DeliveryError(f"cannot open pid {pid}: {exc.strerror}") from None
+        try:
+            self.vet(pid, st)
+            if before_pidfile_signal is not None:
+                before_pidfile_signal(pid)
+            if scope == "group":
+                try:
+                    pgid = os.getpgid(pid)
+                except ProcessLookupError:
+                    raise DeliveryError(f"pid {pid} from {self.path} has exited") from None
+                safe_killpg(pgid, sig)
+                return f"{sig.name} -> process group {pgid}"
             try:
-                pgid = os.getpgid(pid)
+                signal.pidfd_send_signal(pidfd, sig)
             except ProcessLookupError:
-                raise DeliveryError(f"pid {pid} from {self.path} does not exist") from None
-            safe_killpg(pgid, sig)
-            return f"{sig.name} -> process group {pgid}"
-        safe_kill(pid, sig)
-        return f"{sig.name} -> pid {pid}"
+                raise DeliveryError(
+                    f"pid {pid} from {self.path} exited before the signal was sent"
+                ) from None
+            except PermissionError:
+                raise DeliveryError(f"not permitted to signal pid {pid}") from None
+            return f"{sig.name} -> pid {pid}"
+        finally:
+            os.close(pidfd)
 
     async def restart(self) -> str:
         raise DeliveryError("action = restart needs a command or unit target")
