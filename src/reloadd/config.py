@@ -76,10 +76,12 @@ __all__ = [
     "DaemonConfig",
     "Problem",
     "ServiceSpec",
+    "check_trusted",
     "format_duration",
     "load",
     "parse_duration",
     "summary",
+    "trust_problems",
 ]
 
 MAX_FILE_SIZE = 1 << 20
@@ -715,6 +717,14 @@ def _index_lines(text: str) -> dict[tuple[str, ...], int]:
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
 
+def _key_on_line(text: str, line: int | None) -> tuple[str, ...] | None:
+    """The key path that a line sets or opens, to name it in a syntax error there."""
+    if line is None:
+        return None
+    found = [key for key, number in _index_lines(text).items() if number == line]
+    return max(found, key=len) if found else None
+
+
 _LEADING_ZERO = re.compile(r"=\s*[+-]?0\d")
 
 
@@ -771,7 +781,7 @@ def _read_toml(path: str, out: _Collector) -> dict[str, Any] | None:
             message = message[: match.start()]
         out.add(
             path,
-            None,
+            _key_on_line(text, toml_line),
             f"invalid TOML: {message}{_syntax_hint(text, toml_line)}",
             line=toml_line,
             column=toml_column,
@@ -1173,6 +1183,101 @@ def summary(config: Config) -> list[str]:
         parts.append(f"debounce {format_duration(spec.debounce)}")
         lines.append("; ".join(parts))
     return lines
+
+
+# --------------------------------------------------------------------------- trust
+
+# Tests and development trees only: skips the root-ownership check of the config files.
+INSECURE_CONFIG_ENV = "RELOADD_INSECURE_CONFIG"
+
+
+def check_trusted(path: str | os.PathLike[str]) -> str | None:
+    """Why a user other than root could change ``path``, or None when only root can.
+
+    The rule is sshd's StrictModes: the file and every directory above it must be owned by
+    root and not writable by group or others; a root-owned sticky directory (``/tmp``) is
+    fine, since others cannot replace what root put there. A symlink on the way must be
+    root's too, and the chain of what it points to is checked as well. A path that does
+    not exist is not a problem here (reading it is).
+
+    Example:
+        >>> check_trusted("/etc/passwd") is None  # doctest: +SKIP
+        True
+        >>> check_trusted("/tmp/reloadd.toml")  # doctest: +SKIP
+        '/tmp/reloadd.toml has mode 0646: others can write it (fix: chmod go-w /tmp/reloadd.toml)'
+    """
+    named = os.path.abspath(os.fspath(path))
+    real = os.path.realpath(named)
+    chains = [(named, os.lstat)] + ([(real, os.stat)] if real != named else [])
+    for top, stat_fn in chains:
+        for here in _ancestry(top):
+            try:
+                st = stat_fn(here)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                return f"{named}: cannot check {here}: {e.strerror or e}"
+            why = _untrusted(here, st)
+            if why is not None:
+                if here == named:
+                    return f"{named} {why}"
+                kind = "directory" if stat.S_ISDIR(st.st_mode) else "file"
+                kind = "symlink" if stat.S_ISLNK(st.st_mode) else kind
+                return f"{named}: {kind} {here} {why}"
+    return None
+
+
+def _ancestry(path: str) -> list[str]:
+    """``path`` and every directory above it, up to ``/``."""
+    out = [path]
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return out
+        out.append(parent)
+        path = parent
+
+
+def _untrusted(path: str, st: os.stat_result) -> str | None:
+    """What lets a non-root user change ``path`` (as "is owned by ..."), or None."""
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != 0:
+        return f"is owned by {_user_name(st.st_uid)}, not root (fix: chown root {path})"
+    if stat.S_ISLNK(st.st_mode) or not mode & 0o022:
+        return None
+    if stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX:
+        return None  # root-owned and sticky, like /tmp: others cannot replace root's files
+    who = {0o020: "its group", 0o002: "others", 0o022: "its group and others"}[mode & 0o022]
+    return f"has mode {mode:04o}: {who} can write it (fix: chmod go-w {path})"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def trust_problems(
+    config: Config, *, euid: int | None = None, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Files of ``config`` (main, drop-in dir, drop-ins) that a non-root user could change.
+
+    Empty unless reloadd runs as root: then anyone who can write one of them could make
+    root run commands (``command``, ``check``, ``exec``). ``RELOADD_INSECURE_CONFIG=1``
+    turns the check off, for tests and development trees only.
+    """
+    euid = os.geteuid() if euid is None else euid
+    environ = os.environ if environ is None else environ
+    if euid != 0 or environ.get(INSECURE_CONFIG_ENV) == "1":
+        return []
+    main, *dropins = config.files or (config.path,)
+    paths = [main]
+    if os.path.isdir(config.daemon.include):
+        paths.append(config.daemon.include)
+    paths.extend(dropins)
+    problems = [check_trusted(p) for p in paths]
+    return [p for p in problems if p is not None]
 
 
 # --------------------------------------------------------------- root over a writable tree

@@ -7,6 +7,20 @@ then SIGKILL after ``stop_timeout``), close the inotify hub.
 Signals are commands (STYLE.md): the handlers only enqueue. SIGHUP re-reads the config
 (repeated SIGHUPs while one re-read runs coalesce into one more); SIGTERM/SIGINT shut
 down gracefully; a second SIGINT skips the graceful stop of supervised commands.
+
+Live configuration (issue 7). Three triggers re-read the config: SIGHUP, ``reloadctl
+reload-config`` and, unless ``[daemon] watch_config = false``, a change to the config file
+or to a ``*.toml`` in its drop-in directory. The file watches are ``Tree``s on the shared
+hub, so an editor's save-by-rename is seen (the anchor is the containing directory, not
+the inode); a burst of saves is one re-read (``CONFIG_DEBOUNCE``). A re-read validates
+everything first; a config that fails to load, or that a non-root user could have
+changed while reloadd runs as root, changes nothing: the error is logged, kept as
+``config_error`` and shown in ``STATUS=`` until a good config loads. A good one is applied
+as a difference: unchanged services are not touched; removed ones stop first (a renamed
+service may need its port back); changed ones are rebuilt (the supervised process is
+kept unless a ``PROCESS_KEYS`` key changed); added ones start. A rebuilt service's new
+watches are armed before the old ones close, and its pending changes are handed over, so
+a write made during the re-read still earns its reload.
 """
 
 from __future__ import annotations
@@ -17,19 +31,32 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from reloadd import __version__
-from reloadd.config import Config, ConfigError, ServiceSpec, load
+from reloadd.config import Config, ConfigError, DaemonConfig, ServiceSpec, load, trust_problems
 from reloadd.notify import Notifier
 from reloadd.service import Refused, Reload, Service
-from reloadd.watch.inotify import Hub
+from reloadd.watch.filters import PathFilter, display
+from reloadd.watch.inotify import Hub, Tree
 
 log = logging.getLogger("reloadd")
 
 # Keys that shape the supervised process itself: a change to one of them restarts it.
 PROCESS_KEYS = ("command", "user", "group", "environment", "working_directory")
+
+# A burst of config saves (an editor's rename dance, a deploy tool writing several
+# drop-ins) is one re-read: it happens CONFIG_DEBOUNCE after the last change, but no later
+# than CONFIG_MAX_DELAY after the first however busy the directory stays.
+CONFIG_DEBOUNCE = 0.2
+CONFIG_MAX_DELAY = 2.0
+# [daemon] keys that are read once, at start
+_DAEMON_LIVE_KEYS = ("watch_config", "include")
+_TRUST_HINT = (
+    "reloadd runs as root and reads only config files that no other user can change "
+    "(whoever can write them could make root run commands)"
+)
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -54,11 +81,24 @@ class Daemon:
         self._reloading: asyncio.Task[tuple[bool, str]] | None = None
         self._reload_again = False
         self._last_reload: tuple[str, float] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._config_trees: list[Tree] = []
+        self._config_watched: tuple[bool, str] | None = None  # (watch_config, include)
+        self._config_timer: asyncio.TimerHandle | None = None
+        self._config_first: float | None = None
+        self._config_paths: set[str] = set()
 
     # -- life cycle -------------------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        problems = trust_problems(self.config)
+        if problems:
+            for problem in problems:
+                log.critical("refusing to start: %s", problem)
+            log.critical("%s", _TRUST_HINT)
+            self.notifier.close()
+            return 1
         self.hub = Hub(loop)
         for sig, handler in (
             (signal.SIGTERM, self.shutdown),
@@ -69,6 +109,7 @@ class Daemon:
         try:
             for spec in self.config.services:
                 self._add(spec)
+            self._watch_config()
             for warning in self.config.warnings:
                 log.warning("%s", warning)
             self.ready.set()
@@ -92,6 +133,10 @@ class Daemon:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if self._config_timer is not None:
+                self._config_timer.cancel()
+            for tree in self._config_trees:
+                tree.close()
             self.notifier.close()
             self.hub.close()
 
@@ -105,7 +150,13 @@ class Daemon:
         self._stop.set()
 
     def _on_sighup(self) -> None:
-        asyncio.get_running_loop().create_task(self.reload_config())
+        self._spawn(self.reload_config())
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` as a task the daemon holds on to (the loop keeps only weak refs)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _stop_services(self, services: list[Service]) -> None:
         if self._force:
@@ -118,15 +169,19 @@ class Daemon:
 
     # -- services ---------------------------------------------------------------------
 
-    def _add(self, spec: ServiceSpec, target: Any = None) -> Service:
+    def _add(self, spec: ServiceSpec) -> Service:
+        return self._launch(self._build(spec))
+
+    def _build(self, spec: ServiceSpec) -> Service:
+        """A new service with its watches armed (a baseline), not yet running."""
         assert self.hub is not None
         svc = Service(spec, self.hub, on_reload=self._on_reload)
-        if target is not None:
-            svc.target = target
-            target.spec = spec
         svc.arm()
+        return svc
+
+    def _launch(self, svc: Service) -> Service:
         svc.start()
-        self.services[spec.name] = svc
+        self.services[svc.name] = svc
         return svc
 
     def service(self, name: str) -> Service:
@@ -172,10 +227,16 @@ class Daemon:
             try:
                 new = load(self.config.path)
             except ConfigError as exc:
-                self.config_error = str(exc)
-                log.error("config not applied; the old one keeps running:\n%s", exc)
-                return False, str(exc)
-            summary = await self.apply(new)
+                return self._reject(str(exc))
+            problems = trust_problems(new)
+            if problems:
+                return self._reject("\n".join([*problems, _TRUST_HINT]))
+            try:
+                summary = await self.apply(new)
+            except Exception as exc:  # a bug; the daemon keeps running what it has
+                log.exception("config reload failed while applying it")
+                self.config_error = f"config reload failed while applying it: {exc!r}"
+                return False, self.config_error
             self.config_error = None
             for warning in new.warnings:
                 log.warning("%s", warning)
@@ -185,6 +246,11 @@ class Daemon:
             self._update_status()
             self.notifier.ready()
 
+    def _reject(self, error: str) -> tuple[bool, str]:
+        self.config_error = error
+        log.error("config not applied; the old one keeps running:\n%s", error)
+        return False, error
+
     async def apply(self, new: Config) -> str:
         """Apply only the difference between the running config and ``new``."""
         old = {s.name: s for s in self.config.services}
@@ -192,33 +258,118 @@ class Daemon:
         removed = [self.services[n] for n in old if n not in want and n in self.services]
         added = [s for n, s in want.items() if n not in old]
         changed = [s for n, s in want.items() if n in old and old[n] != s]
-        self.config = new
-        for spec in added:
-            self._add(spec)
-        for spec in changed:
-            await self._rebuild(spec, old[spec.name])
+        before, self.config = self.config, new
+        # removed first: a service renamed in the file may need its port back
         for svc in removed:
+            log.info("%s: removed from the config; stopping it", svc.name)
             del self.services[svc.name]
         await self._stop_services(removed)
+        for spec in changed:
+            await self._rebuild(spec, old[spec.name])
+        for spec in added:
+            log.info("%s: added to the config; starting it", spec.name)
+            self._add(spec)
+        self._note_daemon_changes(before.daemon, new.daemon)
+        self._watch_config()
         parts = [f"{len(added)} added", f"{len(changed)} changed", f"{len(removed)} removed"]
         return ", ".join(parts)
 
     async def _rebuild(self, spec: ServiceSpec, before: ServiceSpec) -> None:
         """Replace a service whose spec changed; keep its process unless it must change."""
         old = self.services[spec.name]
-        same_process = spec.target_kind == before.target_kind and all(
-            getattr(spec, k) == getattr(before, k) for k in PROCESS_KEYS
+        keys = [
+            f.name
+            for f in dataclasses.fields(spec)
+            if getattr(spec, f.name) != getattr(before, f.name)
+        ]
+        keep = spec.target_kind == before.target_kind == "command" and not set(keys) & set(
+            PROCESS_KEYS
         )
-        if same_process and spec.target_kind == "command":
+        # The new watches are armed before the old ones close: the kernel hands the new
+        # trees the same watch descriptors, so events already queued reach them too.
+        new = self._build(spec)
+        if keep:
+            log.info("%s: changed (%s); its process keeps running", spec.name, ", ".join(keys))
             await old.command("detach")
-            new = self._add(spec, target=old.target)
+            new.target = old.target
+            new.target.spec = spec
         else:
+            log.info("%s: changed (%s); restarting it", spec.name, ", ".join(keys))
             await old.stop()
-            new = self._add(spec)
+        # what the old service saw and has not reloaded yet is the new one's to reload
+        now = asyncio.get_running_loop().time()
+        new.coalescer.last_start = old.coalescer.last_start
         if old.coalescer.pending:
-            batch = old.coalescer.take(time.monotonic())
+            batch = old.coalescer.take(now)
             new.coalescer.add(batch.first, batch.paths or (spec.watch[0],))
+            new.coalescer.add(batch.last, ())
+        new.paused = old.paused
         new.reloads, new.history = old.reloads, old.history
+        self._launch(new)
+
+    def _note_daemon_changes(self, before: DaemonConfig, after: DaemonConfig) -> None:
+        for f in dataclasses.fields(DaemonConfig):
+            if f.name not in _DAEMON_LIVE_KEYS and getattr(before, f.name) != getattr(
+                after, f.name
+            ):
+                log.warning("daemon.%s changed; it takes effect when reloadd restarts", f.name)
+
+    # -- watching the config ------------------------------------------------------------
+
+    def _watch_config(self) -> None:
+        """Watch the config file and its drop-in dir, as ``[daemon]`` says (re-armed when
+        ``watch_config`` or ``include`` change; new watches before old ones close)."""
+        daemon = self.config.daemon
+        key = (daemon.watch_config, daemon.include)
+        if key == self._config_watched:
+            return
+        assert self.hub is not None
+        self._config_watched = key
+        old, self._config_trees = self._config_trees, []
+        if daemon.watch_config:
+            for root, filt in (
+                (self.config.path, PathFilter()),
+                (daemon.include, PathFilter(("/*.toml",))),
+            ):
+                tree = Tree(self.hub, root, filt, self._on_config_change)
+                tree.start()
+                self._config_trees.append(tree)
+        for tree in old:
+            tree.close()
+
+    def _on_config_change(self, tree: Tree, paths: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._config_first is None:
+            self._config_first = now
+        self._config_paths.update(paths or [tree.root])
+        self._arm_config_timer(now)
+
+    def _arm_config_timer(self, now: float) -> None:
+        assert self._config_first is not None
+        loop = asyncio.get_running_loop()
+        at = min(now + CONFIG_DEBOUNCE, self._config_first + CONFIG_MAX_DELAY)
+        if self._config_timer is not None:
+            self._config_timer.cancel()
+        self._config_timer = loop.call_at(at, self._config_settled)
+
+    def _config_settled(self) -> None:
+        self._config_timer = None
+        if self._config_first is None:
+            return
+        now = asyncio.get_running_loop().time()
+        # a file still open for writing (an in-place save): wait, up to CONFIG_MAX_DELAY
+        if any(t.holding for t in self._config_trees) and (
+            now < self._config_first + CONFIG_MAX_DELAY
+        ):
+            self._arm_config_timer(now)
+            return
+        paths = sorted(self._config_paths)
+        self._config_first, self._config_paths = None, set()
+        shown = ", ".join(display(p) for p in paths[:5])
+        more = f", +{len(paths) - 5} more" if len(paths) > 5 else ""
+        log.info("config changed (%s%s); re-reading it", shown, more)
+        self._spawn(self.reload_config())
 
     # -- status ---------------------------------------------------------------------------
 
