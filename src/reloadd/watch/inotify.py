@@ -86,13 +86,21 @@ class Hub:
     """The one inotify instance; routes events to trees, tracks wd ownership."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.inotify = inotify_simple.INotify(nonblocking=True)
-        self.fd = self.inotify.fileno()
+        self.error: str | None = None  # why there is no inotify instance (all trees poll)
+        try:
+            self.inotify = inotify_simple.INotify(nonblocking=True)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                raise
+            self.error = "no inotify instance (fs.inotify.max_user_instances)"
+            log.warning("cannot create an inotify instance: %s; every watch path polls", exc)
+            self.inotify = None
+        self.fd = self.inotify.fileno() if self.inotify is not None else -1
         self.slots: dict[int, list[Slot]] = {}
         self.trees: set[Tree] = set()
         self.overflows = 0
         self.loop = loop
-        if loop is not None:
+        if loop is not None and self.inotify is not None:
             loop.add_reader(self.fd, self.read)
 
     @property
@@ -100,6 +108,8 @@ class Hub:
         return len(self.slots)
 
     def close(self) -> None:
+        if self.inotify is None:
+            return
         if self.loop is not None:
             self.loop.remove_reader(self.fd)
         self.inotify.close()
@@ -111,6 +121,8 @@ class Hub:
 
         Raises OSError (``WatchLimitError`` for ENOSPC) when the kernel refuses.
         """
+        if self.inotify is None:
+            raise OSError(errno.EMFILE, self.error, path)
         try:
             wd: int = self.inotify.add_watch(path, MASK if follow else MASK | _NOFOLLOW)
         except OSError as exc:
@@ -189,6 +201,8 @@ class Tree:
     sink: Sink
     hold_lost_for: float = 2.0
     retract: Sink | None = None  # told of files that were created and are gone again
+    # told of each subtree (rel) that hit the watch limit; its owner polls it instead
+    on_limit: Callable[[Tree, str], None] | None = None
     state: str = "waiting"  # waiting | watching
     kind: str = ""  # "dir" | "file" once found
     dirs: dict[str, int] = field(default_factory=dict)
@@ -426,6 +440,9 @@ class Tree:
                 wd = self.hub.watch(Slot(self, "dir", rel), path, follow=rel == "")
             except WatchLimitError:
                 self.unwatched[rel] = "watch limit"
+                if self.on_limit is not None:
+                    self.on_limit(self, rel)  # polled instead; the owner warns
+                    continue
                 self._warn_once(
                     "limit",
                     f"{display(self.root)}: the inotify watch limit is exhausted; "
