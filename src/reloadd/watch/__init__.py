@@ -1,1 +1,493 @@
-"""Watch backends: they turn file-system activity into batches of changed paths."""
+"""Watch backends: they turn file-system activity into batches of changed paths.
+
+``inotify.py`` (one shared kernel instance, event-driven) and ``poll.py`` (snapshots
+diffed every ``poll_interval``). This module chooses between them per watch path and
+builds a ``WatchPath``: the tree for one watch path of one service, on its backend,
+plus the polled subtrees that inotify could not take.
+
+Backend choice (``backend = "auto"``, the default): inotify reports only what the local
+kernel writes, so a path on a file system whose contents another machine (or a FUSE
+daemon, or a VM host) changes is polled. The file system is told by ``statfs(2)``'s
+``f_type`` of the watch path (through a symlinked root; the nearest existing ancestor
+when the path does not exist yet). ``"inotify"`` and ``"poll"`` force one.
+
+==========  ===========  ==========================================================
+f_type      name         why polled
+==========  ===========  ==========================================================
+0x6969      nfs          NFS (v2-v4): writes by other clients or the server
+0x517b      smb          smbfs (old SMB1 client)
+0xff534d42  cifs         CIFS/SMB client (cifs.ko)
+0xfe534d42  smb2         SMB2/3 client (cifs.ko, newer kernels)
+0x65735546  fuse         any FUSE file system: sshfs, rclone, s3fs, bindfs, GlusterFS
+                         native client, virtiofs (VM shares; it reports the FUSE magic)
+0x01021997  9p           9p/virtio-9p (QEMU, WSL2 ``/mnt/c``)
+0x786f4256  vboxsf       VirtualBox shared folders
+0x7c7c6673  prl_fs       Parallels shared folders
+0xbacbacbc  vmhgfs       VMware shared folders (the old kernel module)
+0x00c36400  ceph         CephFS (kernel client)
+0x5346414f  afs          AFS (kAFS)
+0x6b414653  afs          AFS (OpenAFS)
+0x0bd00bd0  lustre       Lustre
+0x47504653  gpfs         IBM Spectrum Scale / GPFS
+0x01161970  gfs2         GFS2 (writes from other cluster nodes)
+0x7461636f  ocfs2        OCFS2 (writes from other cluster nodes)
+0x19830326  beegfs       BeeGFS
+0x20030528  orangefs     OrangeFS / PVFS2
+0x73757245  coda         Coda
+0x564c      ncp          NetWare (ncpfs)
+==========  ===========  ==========================================================
+
+Everything else (ext4, xfs, btrfs, tmpfs, zfs, overlay, ...) is local: inotify. When the
+inotify watch limit runs out (``fs.inotify.max_user_watches``: ``inotify_add_watch``
+says ENOSPC) the subtrees that could not be watched are polled and the rest stays on
+inotify; when no inotify instance can be had at all (``fs.inotify.max_user_instances``:
+EMFILE) every watch path polls. The status says which and why, per watch path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import platform
+from collections.abc import Callable
+from typing import Any
+
+from reloadd.watch.filters import PathFilter, display
+from reloadd.watch.inotify import Hub, Tree
+from reloadd.watch.poll import PollTree
+
+log = logging.getLogger("reloadd.watch")
+
+BACKENDS = ("auto", "inotify", "poll")
+
+# statfs f_type -> name, for file systems whose changes inotify does not (fully) see.
+REMOTE_FS: dict[int, str] = {
+    0x6969: "nfs",
+    0x517B: "smb",
+    0xFF534D42: "cifs",
+    0xFE534D42: "smb2",
+    0x65735546: "fuse",
+    0x01021997: "9p",
+    0x786F4256: "vboxsf",
+    0x7C7C6673: "prl_fs",
+    0xBACBACBC: "vmhgfs",
+    0x00C36400: "ceph",
+    0x5346414F: "afs",
+    0x6B414653: "afs",
+    0x0BD00BD0: "lustre",
+    0x47504653: "gpfs",
+    0x01161970: "gfs2",
+    0x7461636F: "ocfs2",
+    0x19830326: "beegfs",
+    0x20030528: "orangefs",
+    0x73757245: "coda",
+    0x564C: "ncp",
+}
+
+# Names of common local file systems, only to make the status readable.
+LOCAL_FS: dict[int, str] = {
+    0xEF53: "ext4",  # ext2, ext3 and ext4 share it
+    0x58465342: "xfs",
+    0x9123683E: "btrfs",
+    0x01021994: "tmpfs",
+    0x2FC12FC1: "zfs",
+    0x794C7630: "overlay",
+    0xF2F52010: "f2fs",
+    0xCA451A4E: "bcachefs",
+    0x858458F6: "ramfs",
+    0x73717368: "squashfs",
+    0xE0F5E1E2: "erofs",
+    0x4D44: "vfat",
+    0x2011BAB0: "exfat",
+    0x7366746E: "ntfs3",
+    0x5346544E: "ntfs",
+    0x52654973: "reiserfs",
+    0x3153464A: "jfs",
+    0x3434: "nilfs2",
+    0x482B: "hfsplus",
+    0x9660: "iso9660",
+    0x15013346: "udf",
+    0x9FA0: "proc",
+    0x62656572: "sysfs",
+    0x1CD1: "devpts",
+}
+
+
+def choose_backend(configured: str, fs_type_magic: int | None) -> tuple[str, str]:
+    """The backend for a watch path and why: pure, from the config and statfs's f_type.
+
+    >>> choose_backend("auto", 0x6969)
+    ('poll', 'auto: nfs')
+    >>> choose_backend("auto", 0xEF53)
+    ('inotify', 'auto: local (ext4)')
+    >>> choose_backend("poll", 0xEF53)
+    ('poll', 'configured')
+    """
+    if configured in ("inotify", "poll"):
+        return configured, "configured"
+    if configured != "auto":
+        raise ValueError(f"unknown backend {configured!r}; expected one of {BACKENDS}")
+    if fs_type_magic is None:
+        return "inotify", "auto: file system unknown"
+    magic = fs_type_magic & 0xFFFFFFFF
+    remote = REMOTE_FS.get(magic)
+    if remote is not None:
+        return "poll", f"auto: {remote}"
+    return "inotify", f"auto: local ({LOCAL_FS.get(magic, f'0x{magic:x}')})"
+
+
+# -- statfs(2) ------------------------------------------------------------------------
+
+_libc: Any = None
+
+
+def _statfs_fn() -> Any:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc.statfs
+
+
+def fs_type(path: str) -> int | None:
+    """statfs(2)'s f_type for ``path`` (symlinks followed), or None if statfs fails.
+
+    ``os.statvfs`` does not carry f_type, so libc's statfs is called through ctypes;
+    f_type is the first member of ``struct statfs`` (a ``long``, an ``unsigned int`` on
+    s390x), and a 256-byte buffer is larger than the struct on every architecture.
+    """
+    try:
+        fn = _statfs_fn()
+    except (OSError, AttributeError):
+        return None
+    buf = ctypes.create_string_buffer(256)
+    if fn(os.fsencode(path), buf) != 0:
+        return None
+    field = ctypes.c_uint if platform.machine() == "s390x" else ctypes.c_long
+    return int(field.from_buffer(buf).value) & 0xFFFFFFFF
+
+
+def nearest_existing(path: str) -> str:
+    """``path`` if it exists (following symlinks), else its nearest existing ancestor."""
+    path = os.path.normpath(os.path.abspath(path))
+    while not os.path.exists(path) and path != "/":
+        path = os.path.dirname(path)
+    return path
+
+
+# -- one watch path ---------------------------------------------------------------------
+
+Sink = Callable[["WatchPath", list[str]], None]
+
+
+class WatchPath:
+    """One watch path of one service, on the backend chosen for it.
+
+    The surface the service uses: ``root``, ``state``, ``kind``, ``holding``,
+    ``watch_count``, ``unwatched``, ``start()``, ``close()``, plus ``backend`` and
+    ``reason`` for the status. ``primary`` is an inotify ``Tree`` or a ``PollTree``;
+    ``polled`` maps subtrees (relative to the root) that hit the inotify watch limit to
+    the ``PollTree`` that covers them instead.
+
+    While an ``auto`` path is waiting for its root, its file system is looked at again
+    every ``poll_interval``: a late mount (NFS at boot) makes no inotify event on the
+    directory it covers, and may call for the other backend.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        root: str,
+        filt: PathFilter,
+        sink: Sink,
+        *,
+        backend: str = "auto",
+        poll_interval: float = 1.0,
+        max_delay: float = 2.0,
+        retract: Sink | None = None,
+        label: str = "",
+    ) -> None:
+        self.hub = hub
+        self.root = os.path.normpath(os.path.abspath(root))
+        self.filter = filt
+        self.sink = sink
+        self.configured = backend
+        self.poll_interval = poll_interval
+        self.max_delay = max_delay
+        self.retract = retract
+        self.label = label or display(self.root)
+        self.polled: dict[str, PollTree] = {}
+        self.backend, self.reason = self._choose()
+        self.primary: Tree | PollTree = self._make(self.backend)
+        self._starting = False
+        self._sync_soon: asyncio.Handle | None = None
+        self._recheck: asyncio.TimerHandle | None = None
+        self._limit_warned = False
+        self._closed = False
+
+    # -- the surface ------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self.primary.state
+
+    @property
+    def kind(self) -> str:
+        return self.primary.kind
+
+    @property
+    def holding(self) -> bool:
+        return self.primary.holding or any(p.holding for p in self.polled.values())
+
+    @property
+    def watch_count(self) -> int:
+        return self.primary.watch_count
+
+    @property
+    def unwatched(self) -> dict[str, str]:
+        """Subtrees (relative to the root) not watched by inotify, and why."""
+        out = {}
+        for rel, why in self.primary.unwatched.items():
+            out[rel] = f"{why}: polled" if rel in self.polled else why
+        for prefix, tree in self.polled.items():
+            for rel, why in tree.unwatched.items():
+                out[f"{prefix}/{rel}" if rel else prefix] = why
+        return out
+
+    @property
+    def polled_dirs(self) -> int:
+        trees = [self.primary] if isinstance(self.primary, PollTree) else []
+        return sum(t.dirs for t in [*trees, *self.polled.values()])
+
+    @property
+    def polled_files(self) -> int:
+        trees = [self.primary] if isinstance(self.primary, PollTree) else []
+        return sum(t.files for t in [*trees, *self.polled.values()])
+
+    def describe(self) -> dict[str, Any]:
+        """The status of this watch path, as plain data."""
+        out: dict[str, Any] = {
+            "path": display(self.root),
+            "state": self.state,
+            "kind": self.kind or None,
+            "backend": self.backend_shown,
+            "backend_reason": self.reason,
+            "watches": self.watch_count,
+            "unwatched": {display(k): v for k, v in self.unwatched.items()},
+        }
+        if isinstance(self.primary, PollTree) or self.polled:
+            out["poll"] = {
+                "interval": self.poll_interval,
+                "subtrees": len(self.polled),
+                "dirs": self.polled_dirs,
+                "files": self.polled_files,
+            }
+        return out
+
+    @property
+    def backend_shown(self) -> str:
+        """``inotify``, ``poll``, or ``inotify+poll`` (watch-limit fallback subtrees)."""
+        return "inotify+poll" if self.polled else self.backend
+
+    def start(self) -> None:
+        """Arm the backend; the first walk or scan is a baseline and reports nothing."""
+        log.info("%s: %s (%s)", self.label, self.backend, self.reason)
+        self._starting = True
+        try:
+            self.primary.start()
+            self._sync()
+        finally:
+            self._starting = False
+        self._arm_recheck()
+
+    def close(self) -> None:
+        self._closed = True
+        for handle in (self._sync_soon, self._recheck):
+            if handle is not None:
+                handle.cancel()
+        self._sync_soon = self._recheck = None
+        self.primary.close()
+        for tree in self.polled.values():
+            tree.close()
+        self.polled.clear()
+
+    # -- building ---------------------------------------------------------------------
+
+    def _choose(self) -> tuple[str, str]:
+        magic = fs_type(nearest_existing(self.root)) if self.configured == "auto" else None
+        backend, reason = choose_backend(self.configured, magic)
+        if backend == "inotify" and self.hub.error:
+            return "poll", f"fallback: {self.hub.error}"
+        return backend, reason
+
+    def _make(self, backend: str) -> Tree | PollTree:
+        if backend == "poll":
+            return PollTree(
+                self.root,
+                self.filter,
+                self._on_poll,
+                interval=self.poll_interval,
+                max_delay=self.max_delay,
+                hold_lost_for=self.max_delay,
+            )
+        tree = Tree(
+            self.hub,
+            self.root,
+            self.filter,
+            self._on_inotify,
+            hold_lost_for=self.max_delay,
+            retract=self._on_retract if self.retract is not None else None,
+        )
+        tree.on_limit = self._on_limit
+        return tree
+
+    # -- reports ----------------------------------------------------------------------
+
+    def _on_inotify(self, tree: Tree, paths: list[str]) -> None:
+        self._sync()
+        self._arm_recheck()
+        self.sink(self, paths)
+
+    def _on_retract(self, tree: Tree, paths: list[str]) -> None:
+        if self.retract is not None:
+            self.retract(self, paths)
+
+    def _on_poll(self, tree: PollTree, paths: list[str]) -> None:
+        if tree is self.primary:
+            self._arm_recheck()
+        self.sink(self, paths)
+
+    # -- the watch-limit fallback -------------------------------------------------------
+
+    def _on_limit(self, tree: Tree, rel: str) -> None:
+        """The inotify tree could not watch ``rel`` (ENOSPC): poll it, after the walk."""
+        if self._starting or self._closed:
+            return  # start() syncs when the first walk is done
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._sync_soon is None:
+            self._sync_soon = loop.call_soon(self._sync)
+
+    def _sync(self) -> None:
+        """Make ``polled`` match the subtrees the inotify tree could not watch."""
+        self._sync_soon = None
+        tree = self.primary
+        if self._closed or not isinstance(tree, Tree):
+            return
+        want = {
+            rel
+            for rel, why in tree.unwatched.items()
+            if why == "watch limit" and rel not in tree.dirs
+        }
+        for rel in [r for r in self.polled if r not in want]:
+            self.polled.pop(rel).close()
+        added = sorted(want - self.polled.keys())
+        for rel in added:
+            sub = PollTree(
+                f"{self.root}/{rel}" if rel else self.root,
+                self.filter,
+                self._on_poll,
+                interval=self.poll_interval,
+                max_delay=self.max_delay,
+                hold_lost_for=self.max_delay,
+                prefix=rel,
+                subtree=True,
+            )
+            self.polled[rel] = sub
+            sub.start(report=not self._starting)
+        if self.polled:
+            n = len(self.polled)
+            self.reason = f"fallback: watch limit ({n} subtree{'s' if n != 1 else ''} polled)"
+        else:
+            self.reason = self._choose()[1] if self.configured == "auto" else "configured"
+        if added and not self._limit_warned:
+            self._limit_warned = True
+            self._warn_limit()
+
+    def _warn_limit(self) -> None:
+        need = sum(max(t.dirs, 1) for t in self.polled.values())
+        limit = _read_int("/proc/sys/fs/inotify/max_user_watches")
+        raise_to = f"{limit + need:,}" if limit else "a higher value"
+        log.warning(
+            "%s: the inotify watch limit (fs.inotify.max_user_watches%s) is exhausted; "
+            "%d subtree%s (%d director%s) polled every %gs instead. To watch them with "
+            "inotify, raise the limit by at least %d: `sysctl fs.inotify.max_user_watches=%s` "
+            "(and in /etc/sysctl.d/ to keep it)",
+            self.label,
+            f" = {limit:,}" if limit else "",
+            len(self.polled),
+            "s are" if len(self.polled) != 1 else " is",
+            need,
+            "ies" if need != 1 else "y",
+            self.poll_interval,
+            need,
+            raise_to.replace(",", ""),
+        )
+
+    # -- a waiting auto path: look at its file system again ----------------------------
+
+    def _arm_recheck(self) -> None:
+        if self._closed or self.configured != "auto" or self._recheck is not None:
+            return
+        if self.primary.state != "waiting":
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._recheck = loop.call_later(self.poll_interval, self._on_recheck)
+
+    def _on_recheck(self) -> None:
+        self._recheck = None
+        if self._closed or self.primary.state != "waiting":
+            return
+        backend, reason = self._choose()
+        exists = os.path.exists(self.root)
+        if backend != self.backend:
+            log.info(
+                "%s: the file system under it changed (%s); switching to %s",
+                self.label,
+                reason,
+                backend,
+            )
+            for sub in self.polled.values():
+                sub.close()
+            self.polled.clear()
+            self.primary.close()
+            self.backend, self.reason = backend, reason
+            self.primary = self._make(backend)
+            if isinstance(self.primary, PollTree):
+                self.primary.start(report=True)  # content found now is a change
+            else:
+                self.primary.start()
+                if exists:
+                    self.sink(self, [self.root])  # the root appeared: its content is new
+                self._sync()
+        elif exists and isinstance(self.primary, Tree):
+            self.primary.rescan()  # it appeared without an event (a mount): look now
+            self.primary.flush()
+        self._arm_recheck()
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = [
+    "BACKENDS",
+    "LOCAL_FS",
+    "REMOTE_FS",
+    "PollTree",
+    "Tree",
+    "WatchPath",
+    "choose_backend",
+    "fs_type",
+    "nearest_existing",
+]

@@ -1,0 +1,544 @@
+"""The poll backend: periodic snapshots of a tree, diffed, for where inotify sees nothing.
+
+inotify reports only writes made through the local kernel; a file changed by another NFS
+client, on an SMB server, inside a VM share or behind a FUSE daemon changes silently.
+A ``PollTree`` has the same surface as the inotify ``Tree`` (``sink(tree, paths)``,
+``state``, ``kind``, ``holding``, ``watch_count``, ``unwatched``, ``start``, ``close``,
+``root``) and finds changes by comparing snapshots instead.
+
+A snapshot holds, per directory below the root (keyed by its path relative to the root),
+``{name: signature}`` where a file's signature is ``(inode, mtime_ns, ctime_ns, size,
+mode)``. So created, deleted, modified (even with the mtime put back: the size or ctime
+moves), replaced (same size and mtime, new inode) and renamed (same inode, new name: the
+old name is gone, the new one is new) files all differ. Names the filters reject are kept
+with the signature ``None`` (never stat'ed, never reported, never matched again), and a
+subdirectory's signature omits its times so that a change inside it does not make its
+parent's entry differ. Unchanged directories are shared between consecutive snapshots,
+so the diff costs one dict comparison per directory plus one lookup per entry of a
+directory that did change: linear in the tree, never quadratic.
+
+Rules (the same as the inotify backend's where they overlap):
+
+- the filters and built-in ignores decide what counts; pruned directories are never read;
+- symlinks below the root are entries, never followed (so no symlink loop can be walked);
+  the root itself is followed, and a symlinked root swapped to another directory is a
+  change even when the new directory holds hard links with equal signatures;
+  a directory reached twice (a bind mount of an ancestor inside the tree) is skipped;
+- an unreadable directory is skipped with one warning and listed in ``unwatched``; what
+  was known about it is carried over, so a passing EIO on a network mount is no change;
+- the first scan is a baseline; a root that is missing makes the tree ``waiting``, and
+  when it comes back with content that content is a change; a root that vanishes holds
+  the reload for ``hold_lost_for`` (a deploy that replaces the directory);
+- a change seen by a scan *settles* only when a later scan sees nothing new: the paths
+  are reported then, once, so one burst that spans two scans is one reload. What is
+  reported is the net difference since the last report (a temp file created and removed
+  within the burst is no change). A tree that keeps changing reports after ``max_delay``.
+
+Each periodic scan runs in a daemon thread and hands its result to the loop with
+``call_soon_threadsafe``: the loop keeps serving other services and control requests
+while a large tree is read, and a scan stuck on a hung network mount never blocks
+shutdown. One scan per tree at a time; the next starts ``interval`` after the previous
+one ended, so a slow scan stretches the period instead of piling up threads. ``scan()``
+does one scan synchronously, for tests and for driving the tree without timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from reloadd.watch.filters import VCS_DIRS, PathFilter, display
+
+log = logging.getLogger("reloadd.watch")
+
+Sig = tuple[int, int, int, int, int]  # (inode, mtime_ns, ctime_ns, size, mode)
+DirSnap = dict[str, "Sig | None"]  # name -> signature (None: present, filtered out)
+Snap = dict[str, DirSnap]  # directory relative to the root ("" = the root) -> its entries
+Ident = tuple[object, ...]  # what the root is: kind, real path, device, inode
+
+PollSink = Callable[["PollTree", list[str]], None]
+
+BASELINE_WAIT = 5.0  # seconds start() waits for the first scan before going on without it
+_VCS_LOCKS = (("index.lock", ".git"), ("wlock", ".hg"))
+
+
+class _Closed(Exception):
+    """The tree was closed while its scan ran: the scan stops early."""
+
+
+@dataclass
+class ScanResult:
+    """One scan of the file system; made off the loop, applied on it."""
+
+    ident: Ident | None  # None: the root is missing
+    kind: str  # "dir" | "file" | "" (missing)
+    snap: Snap
+    changed: list[str]  # paths (relative to the root) whose signature differs from before
+    dirs: int = 0
+    files: int = 0
+    locks: frozenset[str] = frozenset()
+    unreadable: dict[str, str] = field(default_factory=dict)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (once-key, message)
+    seconds: float = 0.0
+
+
+def _is_dir_sig(sig: Sig | None) -> bool:
+    return sig is not None and stat.S_ISDIR(sig[4])
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def _files(rel: str, entries: DirSnap) -> list[str]:
+    return [_join(rel, n) for n, s in entries.items() if s is not None and not _is_dir_sig(s)]
+
+
+def lookup(snap: Snap, rel: str) -> Sig | None:
+    """The signature of a file in a snapshot (``rel`` relative to the root)."""
+    parent, _, name = rel.rpartition("/")
+    return snap.get(parent, {}).get(name)
+
+
+def diff(old: Snap, new: Snap) -> list[str]:
+    """Paths of files (not directories) whose signature differs between two snapshots.
+
+    Linear: directories shared between the snapshots (``is``) or equal cost one
+    comparison; only the entries of a changed directory are looked at one by one.
+
+    >>> a = {"": {"x": (1, 1, 1, 1, 0o100644), "d": (2, 0, 0, 0, 0o40755)}, "d": {}}
+    >>> b = {"": {"x": (1, 2, 2, 1, 0o100644), "d": (2, 0, 0, 0, 0o40755)}, "d": {"y": None}}
+    >>> diff(a, b)
+    ['x']
+    """
+    out: list[str] = []
+    for rel, entries in new.items():
+        before = old.get(rel)
+        if before is entries:
+            continue
+        if before is None:
+            out.extend(_files(rel, entries))
+            continue
+        if before == entries:
+            continue
+        for name, sig in entries.items():
+            was = before.get(name)
+            if was == sig or (was is None and sig is None):
+                continue
+            if _is_dir_sig(sig) and (was is None or _is_dir_sig(was)):
+                continue  # a directory (or a filtered name turned directory): not a change
+            out.append(_join(rel, name))
+        for name, was in before.items():
+            if name not in entries and was is not None and not _is_dir_sig(was):
+                out.append(_join(rel, name))
+    for rel, before in old.items():
+        if rel not in new:
+            out.extend(_files(rel, before))
+    return out
+
+
+def _carry(old: Snap, top: str, into: Snap) -> None:
+    """Copy what ``old`` knew about ``top`` and everything below it into ``into``."""
+    stack = [top]
+    while stack:
+        rel = stack.pop()
+        entries = old.get(rel)
+        if entries is None:
+            continue
+        into[rel] = entries
+        stack.extend(_join(rel, n) for n, s in entries.items() if _is_dir_sig(s))
+
+
+def scan_tree(
+    root: str,
+    filt: PathFilter,
+    old: Snap,
+    prefix: str = "",
+    closed: Callable[[], bool] = lambda: False,
+) -> ScanResult:
+    """Read the tree at ``root`` (following ``root`` itself, nothing below it) and diff it.
+
+    ``prefix`` is the root's path relative to the watch root, for the filters: a subtree
+    polled as the watch-limit fallback is filtered like the rest of its watch path.
+    Blocking; meant for a worker thread. Never raises for file-system errors.
+    """
+    started = time.monotonic()
+    try:
+        st = os.stat(root)
+    except OSError as exc:
+        problems = []
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            what = "a symlink loop" if exc.errno == errno.ELOOP else exc.strerror
+            problems.append(("root", f"watch path {display(root)}: {what}; waiting for it"))
+        return ScanResult(None, "", {}, diff(old, {}), problems=problems)
+    if not stat.S_ISDIR(st.st_mode):
+        snap: Snap = {"": {"": (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_mode)}}
+        return ScanResult(("file", st.st_dev), "file", snap, diff(old, snap), files=1)
+    real = os.path.realpath(root)
+    walker = _Walker(real, filt, old, prefix, closed, {(st.st_dev, st.st_ino)})
+    walker.walk()
+    return ScanResult(
+        ("dir", real, st.st_dev, st.st_ino),
+        "dir",
+        walker.snap,
+        diff(old, walker.snap),
+        dirs=len(walker.snap),
+        files=walker.files,
+        locks=frozenset(walker.locks),
+        unreadable=walker.unreadable,
+        problems=walker.problems,
+        seconds=time.monotonic() - started,
+    )
+
+
+@dataclass
+class _Walker:
+    """One walk of a directory tree into a snapshot (see ``scan_tree``)."""
+
+    real: str  # the root, symlinks resolved (a swap during the walk cannot mix trees)
+    filt: PathFilter
+    old: Snap
+    prefix: str
+    closed: Callable[[], bool]
+    seen: set[tuple[int, int]]  # (device, inode) of every directory walked
+    snap: Snap = field(default_factory=dict)
+    files: int = 0
+    locks: set[str] = field(default_factory=set)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def walk(self) -> None:
+        stack = [""]
+        while stack:
+            if self.closed():
+                raise _Closed
+            rel = stack.pop()
+            path = f"{self.real}/{rel}" if rel else self.real
+            prev = self.old.get(rel, {})
+            try:
+                entries = self._read(rel, path, prev, stack)
+            except OSError as exc:
+                if self._failed(rel, path, exc):
+                    _carry(self.old, rel, self.snap)  # what we knew stands: no change
+                continue
+            self.snap[rel] = prev if rel in self.old and prev == entries else entries
+
+    def _read(self, rel: str, path: str, prev: DirSnap, stack: list[str]) -> DirSnap:
+        """The entries of one directory; subdirectories to walk are pushed on ``stack``."""
+        entries: DirSnap = {}
+        with os.scandir(path) as it:
+            for entry in it:
+                name = entry.name
+                was = prev.get(name, 0)  # 0: not seen before; None: seen and filtered out
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    child = _join(rel, name)
+                    if name in VCS_DIRS:
+                        self._vcs(path, name, child)
+                        entries[name] = None
+                    elif was is None or (was == 0 and self.filt.prune_dir(self._frel(child))):
+                        entries[name] = None
+                    else:
+                        sig = self._subdir(entry, path, child, was)
+                        if sig is not None:
+                            entries[name] = sig
+                            if sig is not was:
+                                stack.append(child)
+                    continue
+                if was is None or (
+                    was == 0 and not self.filt.matches(self._frel(_join(rel, name)))
+                ):
+                    entries[name] = None
+                    continue
+                try:
+                    fs = entry.stat(follow_symlinks=False)
+                except OSError as exc:
+                    failed = self._failed(_join(rel, name), f"{path}/{name}", exc)
+                    if failed and isinstance(was, tuple):
+                        entries[name] = was  # unreadable now: what we knew stands
+                    continue
+                entries[name] = (fs.st_ino, fs.st_mtime_ns, fs.st_ctime_ns, fs.st_size, fs.st_mode)
+                self.files += 1
+        return entries
+
+    def _failed(self, rel: str, path: str, exc: OSError) -> bool:
+        """An entry could not be read: gone (False), or unreadable (True, one warning)."""
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return False  # removed while we were scanning: it is gone
+        self.unreadable[rel] = exc.strerror or "error"
+        self.problems.append(
+            (f"read:{rel}", f"cannot read {display(path)}: {exc.strerror}; skipped")
+        )
+        return True
+
+    def _frel(self, rel: str) -> str:
+        """``rel`` as the filters see it: relative to the watch root."""
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def _subdir(
+        self, entry: os.DirEntry[str], path: str, child: str, was: Sig | int | None
+    ) -> Sig | None:
+        """The signature of a subdirectory to walk; ``was`` itself (not to be walked) when
+        it cannot be stat'ed now but was known; None when it is not to be walked."""
+        try:
+            ds = entry.stat(follow_symlinks=False)
+        except OSError as exc:
+            if self._failed(child, f"{path}/{entry.name}", exc) and isinstance(was, tuple):
+                _carry(self.old, child, self.snap)  # unreadable now: what we knew stands
+                return was
+            return None
+        key = (ds.st_dev, ds.st_ino)
+        if key in self.seen:
+            self.problems.append(
+                (
+                    f"loop:{child}",
+                    f"{display(path)}/{display(entry.name)} is a directory already seen in "
+                    "this tree (a bind mount loop?); skipped",
+                )
+            )
+            return None
+        self.seen.add(key)
+        return (ds.st_ino, 0, 0, 0, ds.st_mode)  # no times: a change inside is not its change
+
+    def _vcs(self, path: str, name: str, child: str) -> None:
+        for lock, owner in _VCS_LOCKS:
+            if name == owner and os.path.lexists(f"{path}/{name}/{lock}"):
+                self.locks.add(f"{child}/{lock}")
+
+
+@dataclass(eq=False)
+class PollTree:
+    """One watch path (or, as the watch-limit fallback, one subtree of it), polled."""
+
+    root: str
+    filter: PathFilter
+    sink: PollSink
+    interval: float = 1.0
+    max_delay: float = 2.0  # report a tree that keeps changing at least this often
+    hold_lost_for: float = 2.0
+    prefix: str = ""  # the root relative to the watch root (fallback subtrees)
+    subtree: bool = False  # a fallback subtree: its absence is not "waiting"
+    state: str = "waiting"  # waiting | watching
+    kind: str = ""
+    unwatched: dict[str, str] = field(default_factory=dict)  # unreadable directories
+    locks: frozenset[str] = frozenset()
+    lost_at: float | None = None
+    dirs: int = 0  # directories and files in the last scan
+    files: int = 0
+    scans: int = 0
+    last_scan_seconds: float = 0.0
+    _ident: Ident | None = None  # the root as of the last scan
+    _current: Snap = field(default_factory=dict)  # the last scan
+    _settled: Snap = field(default_factory=dict)  # as of the last report
+    _settled_ident: Ident | None = None
+    _pending: set[str] = field(default_factory=set)
+    _pending_since: float | None = None
+    _based: bool = False  # the baseline scan has been applied
+    _closed: bool = False
+    _loop: asyncio.AbstractEventLoop | None = None
+    _timer: asyncio.TimerHandle | None = None
+    _scanning: bool = False
+    _warned: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.root = os.path.normpath(os.path.abspath(self.root))
+
+    # -- public ---------------------------------------------------------------------
+
+    @property
+    def holding(self) -> bool:
+        if self.locks:
+            return True
+        return self.lost_at is not None and time.monotonic() - self.lost_at < self.hold_lost_for
+
+    @property
+    def watch_count(self) -> int:
+        return 0  # no inotify watches: see ``dirs`` and ``files``
+
+    def start(self, report: bool = False) -> None:
+        """Take the first scan (a baseline, or with ``report`` a change) and arm the timer.
+
+        The first scan runs in a thread and ``start`` waits for it up to
+        ``BASELINE_WAIT`` seconds, so that a change made right after start-up is not
+        folded into the baseline; a slower scan (a huge tree, a hung mount) is applied
+        when it ends, and the tree stays ``waiting`` until then.
+        """
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None  # driven by scan() only
+        self._based = report
+        if self._loop is None:
+            self._apply(self._collect(self._current))
+            return
+        lock = threading.Lock()
+        done = threading.Event()
+        box: list[ScanResult | None] = []
+        waiting = [True]  # start() still waits for the result (else: deliver to the loop)
+        old = self._current
+
+        def first() -> None:
+            result = self._run(old)
+            with lock:
+                if waiting[0]:
+                    box.append(result)
+                    done.set()
+                    return
+            self._deliver(result)
+
+        self._scanning = True
+        threading.Thread(target=first, name=f"poll {self.root}", daemon=True).start()
+        done.wait(BASELINE_WAIT)
+        with lock:
+            waiting[0] = False
+            if box:
+                self._finish(box[0])
+                return
+        log.warning(
+            "watch path %s: the first scan takes longer than %.0fs (a large tree or a slow "
+            "mount?); changes are seen once it completes",
+            display(self.root),
+            BASELINE_WAIT,
+        )
+
+    def scan(self) -> None:
+        """One scan now, on this thread (tests; trees without a loop)."""
+        self._apply(self._collect(self._current))
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- scanning -------------------------------------------------------------------
+
+    def _collect(self, old: Snap) -> ScanResult:
+        return scan_tree(self.root, self.filter, old, self.prefix, lambda: self._closed)
+
+    def _schedule(self) -> None:
+        if self._loop is not None and not self._closed and self._timer is None:
+            self._timer = self._loop.call_later(self.interval, self._kick)
+
+    def _kick(self) -> None:
+        self._timer = None
+        if self._closed or self._scanning:
+            return
+        self._scanning = True
+        old = self._current
+
+        threading.Thread(
+            target=lambda: self._deliver(self._run(old)), name=f"poll {self.root}", daemon=True
+        ).start()
+
+    def _run(self, old: Snap) -> ScanResult | None:
+        """One scan, on a worker thread; None when it was abandoned or failed."""
+        try:
+            return self._collect(old)
+        except _Closed:
+            return None
+        except Exception:
+            log.exception("scan of %s failed", display(self.root))
+            return None
+
+    def _deliver(self, result: ScanResult | None) -> None:
+        """From the scan thread: hand the result to the loop."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._finish, result)
+        except RuntimeError:
+            pass  # the loop is closed: the daemon is gone
+
+    def _finish(self, result: ScanResult | None) -> None:
+        self._scanning = False
+        if self._closed:
+            return
+        if result is not None:
+            self._apply(result)
+        self._schedule()
+
+    # -- applying -------------------------------------------------------------------
+
+    def _apply(self, res: ScanResult) -> None:
+        """Fold one scan into the state; report settled changes to the sink."""
+        now = time.monotonic()
+        self.scans += 1
+        self.last_scan_seconds = res.seconds
+        for key, message in res.problems:
+            self._warn_once(key, message)
+        self.unwatched = dict(res.unreadable)
+        nudge = res.locks != self.locks  # a hold began or ended: the service looks again
+        self.locks = res.locks
+        self.dirs, self.files = res.dirs, res.files
+        self._warn_cost(res)
+        was = self.state
+        if res.ident is None:
+            self.state, self.kind = ("watching" if self.subtree else "waiting"), ""
+            if was == "watching" and self._based and not self.subtree:
+                log.warning("watch path %s vanished; waiting for it to return", display(self.root))
+                self.lost_at = now
+        else:
+            if was == "waiting" and self._based and self.scans > 1:
+                log.info("watch path %s is back; polling it", display(self.root))
+            self.state, self.kind, self.lost_at = "watching", res.kind, None
+        if not self._based:  # the baseline
+            self._based = True
+            self._current = self._settled = res.snap
+            self._ident = self._settled_ident = res.ident
+            return
+        changed = list(res.changed)
+        if res.ident != self._ident and res.ident is not None and self._ident is not None:
+            changed.append("")  # the root itself was swapped
+        self._current, self._ident = res.snap, res.ident
+        if changed:
+            self._pending.update(changed)
+            if self._pending_since is None:
+                self._pending_since = now
+            if now - self._pending_since < self.max_delay:
+                if nudge or self.state != was:
+                    self.sink(self, [])  # let the service re-derive its state
+                return
+        if self._pending:
+            self._report()
+        elif nudge or self.state != was:
+            self.sink(self, [])
+
+    def _report(self) -> None:
+        settled, current = self._settled, self._current
+        net = []
+        for rel in sorted(self._pending):
+            if rel == "":
+                if self._settled_ident != self._ident or lookup(settled, "") != lookup(current, ""):
+                    net.append(self.root)
+            elif lookup(settled, rel) != lookup(current, rel):
+                net.append(f"{self.root}/{rel}")
+        self._settled, self._settled_ident = current, self._ident
+        self._pending, self._pending_since = set(), None
+        self.sink(self, net)  # an empty list still tells the service to look again
+
+    def _warn_cost(self, res: ScanResult) -> None:
+        if res.seconds > self.interval / 2 and res.kind == "dir":
+            self._warn_once(
+                "cost",
+                f"polling {display(self.root)} ({res.files:,} files in {res.dirs:,} "
+                f"directories) takes {res.seconds:.2f}s per scan every {self.interval:g}s: "
+                "a large share of a CPU; consider a longer poll_interval or excluding "
+                "what does not need watching",
+            )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s", message)
