@@ -24,8 +24,9 @@ from typing import Any
 from reloadd.coalesce import Batch, Coalescer
 from reloadd.config import ServiceSpec
 from reloadd.target import DeliveryError, Pidfile, RunResult, Supervised, Unit, make_target, run
+from reloadd.watch import WatchPath
 from reloadd.watch.filters import PathFilter, display
-from reloadd.watch.inotify import Hub, Tree
+from reloadd.watch.inotify import Hub
 
 log = logging.getLogger("reloadd.service")
 
@@ -123,13 +124,16 @@ class Service:
         self.coalescer = Coalescer(spec.debounce, spec.max_delay, spec.min_interval)
         filt = PathFilter(spec.include, spec.exclude)
         self.trees = [
-            Tree(
+            WatchPath(
                 self.hub,
                 path,
                 filt,
                 self._on_watch,
-                hold_lost_for=spec.max_delay,
+                backend=spec.backend,
+                poll_interval=spec.poll_interval,
+                max_delay=spec.max_delay,
                 retract=self._on_retract,
+                label=f"{spec.name}: {display(path)}",
             )
             for path in spec.watch
         ]
@@ -163,10 +167,10 @@ class Service:
         await self.command("stop")
         await self._task
 
-    def _on_watch(self, tree: Tree, paths: list[str]) -> None:
+    def _on_watch(self, tree: WatchPath, paths: list[str]) -> None:
         self._post(_Change(time.monotonic(), paths))
 
-    def _on_retract(self, tree: Tree, paths: list[str]) -> None:
+    def _on_retract(self, tree: WatchPath, paths: list[str]) -> None:
         self._post(_Change(time.monotonic(), [], gone=paths))
 
     def _post(self, item: _Change | _Command) -> None:
@@ -367,24 +371,28 @@ class Service:
             "action": self.spec.action,
             "signal": self.spec.signal.name,
             "scope": self.spec.scope,
-            "backend": "inotify",
-            "backend_reason": "default",
-            "watch": [
-                {
-                    "path": display(t.root),
-                    "state": t.state,
-                    "kind": t.kind or None,
-                    "watches": t.watch_count,
-                    "unwatched": {display(k): v for k, v in t.unwatched.items()},
-                }
-                for t in self.trees
-            ],
+            **self._backend(),
+            "watch": [t.describe() for t in self.trees],
             "watches": sum(t.watch_count for t in self.trees),
             "reloads": self.reloads,
             "pending": self.coalescer.pending,
             "last_reload": last,
             "last_error": self.last_error or None,
             "history": [r.to_dict() for r in self.history],
+        }
+
+    def _backend(self) -> dict[str, str]:
+        """The backend of the service and why: one value, or per path when they differ."""
+        shown = {(t.backend_shown, t.reason) for t in self.trees}
+        if len(shown) <= 1:
+            backend, reason = shown.pop() if shown else ("none", "no watch path")
+            return {"backend": backend, "backend_reason": reason}
+        backends = {t.backend_shown for t in self.trees}
+        return {
+            "backend": backends.pop() if len(backends) == 1 else "mixed",
+            "backend_reason": "; ".join(
+                f"{display(t.root)}: {t.backend_shown} ({t.reason})" for t in self.trees
+            ),
         }
 
 
