@@ -152,7 +152,7 @@ def test_start_returns_after_ready_and_status_shows_the_status_line(
     ready = [e for e in entries if e.get("MESSAGE", "").startswith("reloadd ")]
     assert ready, entries
     assert ready[0]["PRIORITY"] == "6"
-    warnings = [e for e in entries if "not-deployed-yet" in e.get("MESSAGE", "")]
+    warnings = [e for e in entries if "not-deployed-yet does not exist" in e.get("MESSAGE", "")]
     assert warnings, [e.get("MESSAGE") for e in entries]
     assert warnings[0]["PRIORITY"] == "4"
     for entry in entries:
@@ -195,6 +195,22 @@ def test_stop_stops_children_gracefully(systemd: Systemd, tmp_path: Path) -> Non
     assert recording.pids("SIGTERM") == []
     messages = [e.get("MESSAGE", "") for e in journal_entries(systemd)]
     assert not any("SIGKILL" in m or "Killing process" in m for m in messages), messages
+
+
+def test_start_with_a_broken_config_fails_with_the_reason(systemd: Systemd, tmp_path: Path) -> None:
+    """`systemctl start` on a broken config fails (no READY=1) and the journal says why."""
+    table, _watched, _recording = demo_service("demo", tmp_path)
+    config = tmp_path / "reloadd.toml"
+    config.write_text(table.replace('debounce = "20ms"', 'debounce = "soon"'))
+    install_reloadd(systemd, config)
+
+    result = systemd.systemctl("start", UNIT)
+
+    assert result.returncode != 0
+    assert systemd.show(UNIT, "ActiveState") in ("failed", "activating")  # auto-restart
+    systemd.wait_for(
+        lambda: "services.demo.debounce" in systemd.journal(UNIT), what="the reason in the journal"
+    )
 
 
 # -- the watchdog ----------------------------------------------------------------------------
@@ -318,9 +334,20 @@ def test_systemctl_reload_with_a_broken_config_fails_and_keeps_the_old_one(
 # -- unit = targets --------------------------------------------------------------------------
 
 
-def test_unit_targets_reload_and_restart_through_systemd(systemd: Systemd, tmp_path: Path) -> None:
+def tighter_dropin() -> str:
+    """The hardening drop-in docs/systemd.md offers for hosts without `command =`."""
+    text = (ROOT / "docs" / "systemd.md").read_text()
+    block = text.split("<!-- tighter-dropin -->", 1)[1]
+    return block.split("```ini\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("hardening", ["shipped", "tighter"])
+def test_unit_targets_reload_and_restart_through_systemd(
+    systemd: Systemd, tmp_path: Path, hardening: str
+) -> None:
     """reloadd reaches a second unit through systemd: scope "main" signals its MainPID only,
-    scope "group" every process of its cgroup, action "restart" gives it a new MainPID."""
+    scope "group" every process of its cgroup, action "restart" gives it a new MainPID.
+    Also under the tighter hardening drop-in of docs/systemd.md."""
     recording = Recording(tmp_path / "unit-signals.log")
     systemd.write_unit(
         "recorder.service",
@@ -345,6 +372,10 @@ def test_unit_targets_reload_and_restart_through_systemd(systemd: Systemd, tmp_p
     for path in dirs.values():
         path.mkdir()
     install_reloadd(systemd, config)
+    if hardening == "tighter":
+        systemd.write_dropin(UNIT, "60-hardening.conf", tighter_dropin())
+        systemd.daemon_reload()
+        assert systemd.show(UNIT, "ProtectSystem") == "strict"
     systemd.systemctl("start", "recorder.service", UNIT, check=True)
     main = int(systemd.show("recorder.service", "MainPID"))
     systemd.wait_for(
