@@ -1,0 +1,68 @@
+"""Storms: many files change at once; how many signals reach the target, and when.
+
+- ``rewrite``: every file of a tree rewritten with new bytes as fast as one thread can (10,000
+  files give more events than the default ``max_queued_events`` of 16,384 can hold while a
+  watcher is busy, so the inotify queue overflows);
+- ``git``: ``git checkout`` between two commits that differ in every file of a tree.
+
+After the first signal we wait for quiet (longer than reloadd's 2 s ``max_delay``), so a late
+second reload is counted too. Times are from the last write (the last close(), or the git
+process's exit) to the first and last signal; negative means before it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from proc import BenchError, unpreempted_writer
+from session import Ctx, Session
+from subjects import Subject
+from trees import GitRepo, Tree, rewrite_all
+
+FIRST_SIGNAL_TIMEOUT_S = 60.0
+OVERFLOW = re.compile(rb"overflow", re.IGNORECASE)
+
+
+def _result(session: Session, mark: int, first_write: int, last_write: int) -> dict[str, Any]:
+    hups = session.target.since(mark)
+    log = session.running.procs[0].log
+    overflow_lines = len(OVERFLOW.findall(log.read_bytes())) if log and log.exists() else None
+    return {
+        "signals": len(hups),
+        "write_ms": (last_write - first_write) / 1e6,
+        "first_after_last_write_ms": (hups[0].t_ns - last_write) / 1e6,
+        "last_after_last_write_ms": (hups[-1].t_ns - last_write) / 1e6,
+        "signal_times_ms": [(hup.t_ns - last_write) / 1e6 for hup in hups],
+        "log_overflow_mentions": overflow_lines,
+    }
+
+
+def _wait_signals(session: Session, mark: int, quiet: float) -> None:
+    if not session.target.wait_hups(mark + 1, FIRST_SIGNAL_TIMEOUT_S):
+        session.running.check_alive()
+        raise BenchError(f"no signal within {FIRST_SIGNAL_TIMEOUT_S:.0f} s of the storm")
+    session.target.wait_quiet(quiet)
+
+
+def measure_rewrite(ctx: Ctx, subject: Subject, tree: Tree, quiet: float) -> dict[str, Any]:
+    with Session(ctx, subject, [tree.root]) as session:
+        session.warm_up(1)
+        mark = len(session.target.hups)
+        with unpreempted_writer():  # as fast as possible: the subject cannot slow the writer
+            first, last = rewrite_all(tree.files)
+        _wait_signals(session, mark, quiet)
+        return {"files": tree.size, **_result(session, mark, first, last)}
+
+
+def measure_git(ctx: Ctx, subject: Subject, repo: GitRepo, quiet: float) -> dict[str, Any]:
+    current = repo.tree.root.joinpath(".git", "HEAD").read_text().strip()
+    rev = repo.revs[0] if current == repo.revs[1] else repo.revs[1]
+    with Session(ctx, subject, [repo.tree.root]) as session:
+        session.warm_up(1)
+        mark = len(session.target.hups)
+        start, end = repo.checkout(rev)
+        _wait_signals(session, mark, quiet)
+        result = _result(session, mark, start, end)
+    result["git_ms"] = result.pop("write_ms")
+    return {"files": repo.tree.size, **result}
