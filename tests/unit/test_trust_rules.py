@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from reloadd.config import ServiceSpec, root_over_writable_tree
+from reloadd.config import ConfigError, ServiceSpec, load, root_over_writable_tree
 from reloadd.target import DeliveryError, RunResult, parse_pid, path_writers
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
@@ -220,3 +220,20 @@ def test_run_result_descriptions() -> None:
     err = RunResult(argv, None, "", error="No such file or directory: /usr/sbin/nginx")
     want = "nginx could not be started: No such file or directory: /usr/sbin/nginx"
     assert err.describe() == want
+
+
+@needs_root
+def test_config_load_refuses_it_naming_the_file_key_path_and_owner(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    os.chown(tree / "app", NOBODY, -1)
+    cfg = tmp_path / "reloadd.toml"
+    cfg.write_text(
+        f'[services.api]\nwatch = ["{tree}"]\npidfile = "/run/api.pid"\ncheck = ["true"]\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load(cfg)
+    text = str(info.value)
+    assert f"{cfg}:4: services.api.check" in text
+    assert f"{tree}/app is owned by nobody (uid {NOBODY}) (mode 0755)" in text
+    cfg.write_text(cfg.read_text() + 'user = "nobody"\n')
+    assert load(cfg).services[0].user == "nobody"
