@@ -239,8 +239,10 @@ class Service:
                 if isinstance(self.target, Pidfile):
                     raise Refused(f"{self.name} has a pidfile target, which reloadd cannot restart")
                 self._move(State.RELOADING)
-                result = await self.target.restart()
-                self._settle_state(force=True)
+                try:
+                    result = await self.target.restart()
+                finally:  # a failed restart leaves the state to the facts (e.g. FAILED)
+                    self._settle_state(force=True)
             elif cmd.name == "pause":
                 self.paused = True
                 result = None

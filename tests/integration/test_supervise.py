@@ -24,6 +24,7 @@ import pytest
 from test_check_exec import _q, running, until
 
 from conftest import DEADLINE, wait_for
+from reloadd.target import DeliveryError
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +48,11 @@ def _starts(log: Path) -> list[tuple[int, float]]:
         _, pid, when = line.split()
         out.append((int(pid), float(when)))
     return out
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("a") as f:
+        f.write(text)
 
 
 def _environ(pid: int) -> list[bytes]:
@@ -194,6 +200,10 @@ def test_command_that_cannot_be_executed_reports_the_os_error(
             assert "No such file or directory" in failed["nodir"]
             assert str(tmp_path / "no-such-dir") in failed["nodir"]
 
+            with pytest.raises(DeliveryError, match="restart failed: could not start"):
+                await daemon.command("missing", "restart")
+            assert daemon.service("missing").state.value == "failed"  # not stuck reloading
+
     asyncio.run(scenario())
     assert "Traceback" not in caplog.text
 
@@ -320,3 +330,32 @@ def test_supervised_child_starts_with_clean_signal_state_and_only_fds_0_to_2(
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, log.read_text()
+
+
+def test_config_change_revives_a_failed_command(tmp_path: Path) -> None:
+    """Only ``restart`` or a config change leaves ``failed``; here, a config change."""
+    app = tmp_path / "app"
+    app.mkdir()
+    log = tmp_path / "starts.log"
+    healthy = tmp_path / "healthy"
+    service = f"""
+        [services.app]
+        watch = [{_q(app)}]
+        command = {_q([sys.executable, "-c", CRASHER, log, healthy])}
+        restart_delay = "0s"
+        """
+
+    async def scenario() -> None:
+        async with running(tmp_path, service) as daemon:
+            await until(lambda: daemon.service("app").state.value == "failed", "the failure")
+            assert len(_starts(log)) == 5
+            healthy.touch()
+            _append(Path(daemon.config.path), 'debounce = "50ms"\n')
+            applied, message = await daemon.reload_config()
+            assert applied, message
+            await until(lambda: len(_starts(log)) == 6, "the command to start again")
+            svc = daemon.service("app")
+            await until(lambda: svc.target.describe()["pid"] == _starts(log)[-1][0], "pid")
+            assert svc.state.value == "watching"
+
+    asyncio.run(scenario())
