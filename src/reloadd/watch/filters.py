@@ -2,8 +2,9 @@
 
 Globs follow gitignore: a pattern without ``/`` matches a name at any depth, one with a
 ``/`` is anchored at the watch root, ``**`` spans directories, a trailing ``/`` matches
-directories only. A pattern that matches a directory matches everything below it, so
-``exclude = ["node_modules"]`` prunes the whole tree (and it is never watched).
+directories only, a backslash makes the next character literal (``\\[draft\\].md``). A
+pattern that matches a directory matches everything below it, so ``exclude =
+["node_modules"]`` prunes the whole tree (and it is never watched).
 
 Paths are relative to the watch root, ``/``-separated ``str`` as ``os.fsdecode`` gives
 them: a file name that is not valid UTF-8 arrives with surrogate escapes and is matched
@@ -55,7 +56,10 @@ def _translate(body: str) -> str:
     i, n = 0, len(body)
     while i < n:
         c = body[i]
-        if body.startswith("**/", i):
+        if c == "\\" and i + 1 < n:  # gitignore: a backslash makes the next char literal
+            out.append(re.escape(body[i + 1]))
+            i += 2
+        elif body.startswith("**/", i):
             out.append("(?:.*/)?")
             i += 3
         elif body.startswith("/**", i) and i + 3 == n:
