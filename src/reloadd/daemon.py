@@ -10,17 +10,19 @@ down gracefully; a second SIGINT skips the graceful stop of supervised commands.
 
 Live configuration (issue 7). Three triggers re-read the config: SIGHUP, ``reloadctl
 reload-config`` and, unless ``[daemon] watch_config = false``, a change to the config file
-or to a ``*.toml`` in its drop-in directory. The file watches are ``Tree``s on the shared
-hub, so an editor's save-by-rename is seen (the anchor is the containing directory, not
-the inode); a burst of saves is one re-read (``CONFIG_DEBOUNCE``). A re-read validates
-everything first; a config that fails to load, or that a non-root user could have
-changed while reloadd runs as root, changes nothing: the error is logged, kept as
-``config_error`` and shown in ``STATUS=`` until a good config loads. A good one is applied
-as a difference: unchanged services are not touched; removed ones stop first (a renamed
-service may need its port back); changed ones are rebuilt (the supervised process is
-kept unless a ``PROCESS_KEYS`` key changed); added ones start. A rebuilt service's new
-watches are armed before the old ones close, and its pending changes are handed over, so
-a write made during the re-read still earns its reload.
+or to a ``*.toml`` in its drop-in directory. Those are watched like service paths
+(``WatchPath``: inotify on the shared hub, polled where inotify cannot see), so an
+editor's save-by-rename is seen (the anchor is the containing directory, not the inode);
+a burst of saves is one re-read (``CONFIG_DEBOUNCE``). A re-read validates everything
+first; a config that fails to load, or that a non-root user could have changed while
+reloadd runs as root, changes nothing: the error is logged, kept as ``config_error`` and
+shown in ``STATUS=`` until a good config loads. A good one is applied as a difference:
+unchanged services are not touched; removed ones stop first (a renamed service may need
+its port back); changed ones are rebuilt (the supervised process is kept unless a
+``PROCESS_KEYS`` key changed); added ones start. A rebuilt service's new watches are
+armed before the old ones close (on inotify they get the same watch descriptors, so
+events already queued reach them), and its pending changes are handed over, so a write
+made during the re-read still earns its reload.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from reloadd import __version__
 from reloadd.config import Config, ConfigError, DaemonConfig, ServiceSpec, load, trust_problems
 from reloadd.notify import Notifier
 from reloadd.service import Refused, Reload, Service
+from reloadd.watch import WatchPath
 from reloadd.watch.filters import PathFilter, display
-from reloadd.watch.inotify import Hub, Tree
+from reloadd.watch.inotify import Hub
 
 log = logging.getLogger("reloadd")
 
@@ -82,7 +85,7 @@ class Daemon:
         self._reload_again = False
         self._last_reload: tuple[str, float] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._config_trees: list[Tree] = []
+        self._config_trees: list[WatchPath] = []
         self._config_watched: tuple[bool, str] | None = None  # (watch_config, include)
         self._config_timer: asyncio.TimerHandle | None = None
         self._config_first: float | None = None
@@ -331,13 +334,14 @@ class Daemon:
                 (self.config.path, PathFilter()),
                 (daemon.include, PathFilter(("/*.toml",))),
             ):
-                tree = Tree(self.hub, root, filt, self._on_config_change)
+                label = f"config: {display(root)}"
+                tree = WatchPath(self.hub, root, filt, self._on_config_change, label=label)
                 tree.start()
                 self._config_trees.append(tree)
         for tree in old:
             tree.close()
 
-    def _on_config_change(self, tree: Tree, paths: list[str]) -> None:
+    def _on_config_change(self, tree: WatchPath, paths: list[str]) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._config_first is None:

@@ -348,6 +348,25 @@ def test_sighup_rereads(head: str, start_reloadd: Start, make_app) -> None:
     assert "re-reading it" not in r.log()  # the file watch was off
 
 
+def test_watch_config_and_include_apply_at_reread(
+    head: str, start_reloadd: Start, make_app, tmp_path: Path
+) -> None:
+    """1. watch_config off; SIGHUP applies watch_config on and another drop-in dir.
+    2. A drop-in saved there is then picked up by itself."""
+    a, b = make_app("a"), make_app("b")
+    r = start_reloadd(head + "watch_config = false\n" + a.toml())
+    a.pid()
+    elsewhere = tmp_path / "conf.d"
+    elsewhere.mkdir()
+    save(r.config, head + f"include = {toml(str(elsewhere))}\n" + a.toml())
+    r.proc.send_signal(signal.SIGHUP)
+    wait_config_reloads(r, 1, "0 added, 0 changed, 0 removed")
+    save(elsewhere / "b.toml", b.toml())
+    b.pid()
+    wait_config_reloads(r, 2, "1 added, 0 changed, 0 removed")
+    assert "daemon.include changed" not in r.log()
+
+
 # --------------------------------------------------------------------------- trust (root)
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the ownership check applies to root")
