@@ -316,6 +316,97 @@ def test_root_deleted_and_recreated(scenario: Start, backend: str, tmp_path: Pat
     s.confirm(3)
 
 
+def test_root_renamed_away_and_replaced(scenario: Start, backend: str, tmp_path: Path) -> None:
+    """A deploy by renames (``mv site site.old; mv staging site``): one SIGHUP; then
+    writes in the new root reload and writes in the old one do not."""
+    root = tmp_path / "site"
+    write(root / "index.html", "v1")
+    staging = tmp_path / "staging"
+    write(staging / "index.html", "v2")
+    write(staging / "js" / "app.js", "v2")
+    s = scenario(root, backend=backend)
+    os.rename(root, tmp_path / "site.old")
+    os.rename(staging, root)
+    [line] = s.confirm(1)
+    assert line.count >= 1
+    write(tmp_path / "site.old" / "index.html", "old tree, no longer watched")
+    write(root / "js" / "app.js", "v3")
+    lines = s.wait_reloads(3)
+    assert lines[2].paths == (str(root / "js" / "app.js"),)
+    s.confirm(3)
+
+
+def test_directory_renamed_inside_then_moved_out(
+    scenario: Start, backend: str, app: Path, tmp_path: Path
+) -> None:
+    """1. ``pkg`` renamed to ``lib`` inside the tree: one SIGHUP; 2. a write in ``lib``
+    reloads with its new path; 3. ``lib`` moved out of the tree: one SIGHUP; 4. writes
+    in it out there reload nothing."""
+    s = scenario(app, backend=backend)
+    os.rename(app / "pkg", app / "lib")
+    s.confirm(1)
+    write(app / "lib" / "models.py", "x = 3\n")
+    lines = s.wait_reloads(3)
+    assert lines[2].paths == (str(app / "lib" / "models.py"),)
+    s.confirm(3)
+    os.rename(app / "lib", tmp_path / "lib.out")
+    [moved] = s.confirm(5)[4:]
+    assert moved.paths == (str(app / "lib"),)
+    write(tmp_path / "lib.out" / "models.py", "x = 4\n")
+    write(tmp_path / "lib.out" / "new.py", "x = 4\n")
+    s.confirm(6)  # the sentinels' reloads and the moves': nothing for lib.out
+
+
+def test_single_file_appended_in_place(scenario: Start, backend: str, tmp_path: Path) -> None:
+    """A single-file watch path appended to in place (``>>``): one SIGHUP per write."""
+    conf = write(tmp_path / "etc" / "app.conf", "a = 1\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    s = scenario([conf, other], backend=backend, sentinel_dir=other)
+    with open(conf, "a") as f:
+        f.write("b = 2\n")
+    [line] = s.confirm(1)
+    assert line.paths == (str(conf),)
+    write(tmp_path / "etc" / "unrelated.conf", "not watched")
+    s.confirm(2)
+
+
+def test_two_services_share_a_directory(
+    start_reloadd: Callable[..., object], backend: str, tmp_path: Path
+) -> None:
+    """Two services watch one directory (one shared kernel watch), a third a subdirectory
+    of it: a change in the subdirectory reloads all three once, a change beside it only
+    the two."""
+    shared = tmp_path / "shared"
+    write(shared / "conf" / "a.yaml")
+    watches = {"one": shared, "two": shared, "three": shared / "conf"}
+    text = "".join(
+        f"[services.{name}]\nwatch = [{toml_value(path)}]\n"
+        f"command = {toml_value(recorder_command(tmp_path / f'{name}.log'))}\n"
+        f'debounce = "300ms"\nbackend = "{backend}"\n'
+        for name, path in watches.items()
+    )
+    text += f"[daemon]\nsocket = {toml_value(tmp_path / 'control.sock')}\n"
+    r = start_reloadd(text)
+    recs = {name: Recording(tmp_path / f"{name}.log") for name in watches}
+    wait_for(lambda: all(rec.ready_pids() for rec in recs.values()), what="three recorders")
+    write(shared / "conf" / "a.yaml", "changed")
+    for rec in recs.values():
+        rec.wait_count(1)
+    write(shared / "top.txt")
+    recs["one"].wait_count(2)
+    recs["two"].wait_count(2)
+    write(shared / "conf" / "b.yaml")  # a later fact for "three": its second reload
+    recs["three"].wait_count(2)
+    by_service = {n: [x.paths for x in r.reloads(n)] for n in watches}  # type: ignore[attr-defined]
+    top, a, b = (
+        str(p) for p in (shared / "top.txt", shared / "conf/a.yaml", shared / "conf/b.yaml")
+    )
+    assert by_service["three"] == [(a,), (b,)]
+    assert by_service["one"][:2] == [(a,), (top,)]
+    assert by_service["two"][:2] == [(a,), (top,)]
+
+
 def test_symlinked_root_swapped(scenario: Start, backend: str, tmp_path: Path) -> None:
     """``current -> releases/1`` swapped atomically to ``releases/2``: one SIGHUP; then
     writes in releases/2 reload and writes in releases/1 do not."""
