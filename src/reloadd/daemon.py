@@ -49,6 +49,9 @@ log = logging.getLogger("reloadd")
 # Keys that shape the supervised process itself: a change to one of them restarts it.
 PROCESS_KEYS = ("command", "user", "group", "environment", "working_directory")
 
+# Keys that shape a service's watches: when none changed, a rebuilt service keeps them.
+WATCH_KEYS = ("watch", "include", "exclude", "backend", "poll_interval", "max_delay")
+
 # A burst of config saves (an editor's rename dance, a deploy tool writing several
 # drop-ins) is one re-read: it happens CONFIG_DEBOUNCE after the last change, but no later
 # than CONFIG_MAX_DELAY after the first however busy the directory stays.
@@ -278,34 +281,51 @@ class Daemon:
         return ", ".join(parts)
 
     async def _rebuild(self, spec: ServiceSpec, before: ServiceSpec) -> None:
-        """Replace a service whose spec changed; keep its process unless it must change."""
+        """Replace a service whose spec changed; keep its process unless it must change.
+
+        What the old service knew carries over: its watches when no ``WATCH_KEYS`` key
+        changed (otherwise new ones are armed before the old close), its pending batch
+        (the coalescer itself, with the new timings), pause, history and reload count.
+        """
+        assert self.hub is not None
         old = self.services[spec.name]
         keys = [
             f.name
             for f in dataclasses.fields(spec)
             if getattr(spec, f.name) != getattr(before, f.name)
         ]
-        keep = spec.target_kind == before.target_kind == "command" and not set(keys) & set(
-            PROCESS_KEYS
-        )
-        # The new watches are armed before the old ones close: the kernel hands the new
-        # trees the same watch descriptors, so events already queued reach them too.
-        new = self._build(spec)
-        if keep:
-            log.info("%s: changed (%s); its process keeps running", spec.name, ", ".join(keys))
+        supervised = spec.target_kind == before.target_kind == "command"
+        keep_process = supervised and not set(keys) & set(PROCESS_KEYS)
+        new = Service(spec, self.hub, on_reload=self._on_reload)
+        if set(keys) & set(WATCH_KEYS):
+            # Armed before the old ones close: on inotify the kernel hands the new trees
+            # the same watch descriptors, so events already queued reach them too.
+            new.arm()
+        else:
+            # The same paths, filter and backend: adopt the live watches as they are (no
+            # re-walk of a large tree, no new baseline that could swallow a change, the
+            # open-file and VCS holds kept). Reports go to the new service from now on.
+            for tree in new.trees:
+                tree.close()
+            new.trees, old.trees = old.trees, []
+            for tree in new.trees:
+                tree.sink = new._on_watch
+                tree.retract = new._on_retract
+        what = ", ".join(keys)
+        if keep_process:
+            log.info("%s: changed (%s); its process keeps running", spec.name, what)
             await old.command("detach")
             new.target = old.target
             new.target.spec = spec
         else:
-            log.info("%s: changed (%s); restarting it", spec.name, ", ".join(keys))
+            restart = "restarting its command" if before.target_kind == "command" else "rebuilt"
+            log.info("%s: changed (%s); %s", spec.name, what, restart)
             await old.stop()
-        # what the old service saw and has not reloaded yet is the new one's to reload
-        now = asyncio.get_running_loop().time()
-        new.coalescer.last_start = old.coalescer.last_start
-        if old.coalescer.pending:
-            batch = old.coalescer.take(now)
-            new.coalescer.add(batch.first, batch.paths or (spec.watch[0],))
-            new.coalescer.add(batch.last, ())
+        # changes the old service saw and did not reload yet are the new one's to reload
+        coalescer = old.coalescer
+        coalescer.debounce, coalescer.max_delay = spec.debounce, spec.max_delay
+        coalescer.min_interval = spec.min_interval
+        new.coalescer = coalescer
         new.paused = old.paused
         new.reloads, new.history = old.reloads, old.history
         self._launch(new)

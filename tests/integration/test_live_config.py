@@ -286,21 +286,34 @@ def _open_writer(fifo: Path) -> int | None:
         raise
 
 
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        pytest.param({"debounce": "100ms"}, {"debounce": "150ms"}, id="watches-kept"),
+        pytest.param({}, {"include": ["*.py"]}, id="watches-rebuilt"),
+    ],
+)
 def test_write_during_reread_still_reloads(
-    head: str, start_reloadd: Start, make_app, tmp_path: Path
+    before: dict[str, object],
+    after: dict[str, object],
+    head: str,
+    start_reloadd: Start,
+    make_app,
+    tmp_path: Path,
 ) -> None:
     """A drop-in that is a FIFO holds the re-read open at a known point: the daemon is
     mid-read while the test writes to the watched directory of a service the new config
-    changes (so it is rebuilt). That write must still earn its reload, on the same pid."""
+    changes (so it is rebuilt, keeping its watches or arming new ones). That write must
+    still earn its reload, on the same pid."""
     a = make_app("a")
     head += "watch_config = false\n"
-    r = start_reloadd(head + a.toml(debounce="100ms"))
+    r = start_reloadd(head + a.toml(**before))
     pid = a.pid()
     dropins = tmp_path / "reloadd.d"
     dropins.mkdir()
     fifo = dropins / "50-slow.toml"
     os.mkfifo(fifo)
-    save(r.config, head + a.toml(debounce="150ms"))
+    save(r.config, head + a.toml(**after))
     r.proc.send_signal(signal.SIGHUP)
     fd = wait_for(lambda: _open_writer(fifo), what="reloadd to open the FIFO drop-in")
     assert isinstance(fd, int)
@@ -309,6 +322,21 @@ def test_write_during_reread_still_reloads(
     finally:
         os.write(fd, b"# a drop-in that took its time\n")
         os.close(fd)
+    wait_config_reloads(r, 1, "0 added, 1 changed, 0 removed")
+    a.rec.wait_count(1)
+    assert a.rec.lines() == [("READY", pid), ("SIGHUP", pid)]
+
+
+def test_pending_change_is_carried_over_with_the_new_debounce(
+    head: str, start_reloadd: Start, make_app
+) -> None:
+    """1. debounce 60s: a write waits. 2. debounce 50ms saved: the waiting change is
+    reloaded under the new timing, by the rebuilt service, on the same pid."""
+    a = make_app("a")
+    r = start_reloadd(head + a.toml(debounce="60s", max_delay="120s"))
+    pid = a.pid()
+    a.write()
+    save(r.config, head + a.toml(debounce="50ms", max_delay="120s"))
     wait_config_reloads(r, 1, "0 added, 1 changed, 0 removed")
     a.rec.wait_count(1)
     assert a.rec.lines() == [("READY", pid), ("SIGHUP", pid)]
