@@ -198,18 +198,27 @@ def test_stop_stops_children_gracefully(systemd: Systemd, tmp_path: Path) -> Non
 
 
 def test_start_with_a_broken_config_fails_with_the_reason(systemd: Systemd, tmp_path: Path) -> None:
-    """`systemctl start` on a broken config fails (no READY=1) and the journal says why."""
+    """`systemctl start` on a broken config fails (no READY=1), the journal says why, and
+    after the shipped StartLimitBurst= of tries the unit stays failed instead of looping."""
     table, _watched, _recording = demo_service("demo", tmp_path)
     config = tmp_path / "reloadd.toml"
     config.write_text(table.replace('debounce = "20ms"', 'debounce = "soon"'))
-    install_reloadd(systemd, config)
+    install_reloadd(systemd, config, "[Service]\nRestartSec=100ms\n")
 
     result = systemd.systemctl("start", UNIT)
 
     assert result.returncode != 0
-    assert systemd.show(UNIT, "ActiveState") in ("failed", "activating")  # auto-restart
     systemd.wait_for(
         lambda: "services.demo.debounce" in systemd.journal(UNIT), what="the reason in the journal"
+    )
+    systemd.wait_for(
+        lambda: "Start request repeated too quickly" in systemd.journal(UNIT),
+        what="systemd giving up after StartLimitBurst= tries",
+    )
+    assert systemd.show(UNIT, "ActiveState") == "failed"
+    systemd.wait_for(
+        lambda: systemd.journal(UNIT).count("services.demo.debounce") == 5,
+        what="the reason, once from each of the five tries",
     )
 
 
