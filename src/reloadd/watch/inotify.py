@@ -124,7 +124,19 @@ class Hub:
         if self.inotify is None:
             raise OSError(errno.EMFILE, self.error, path)
         try:
-            wd: int = self.inotify.add_watch(path, MASK if follow else MASK | _NOFOLLOW)
+            try:
+                wd: int = self.inotify.add_watch(path, MASK if follow else MASK | _NOFOLLOW)
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
+                # Deeper than PATH_MAX: reach the directory one component at a time and
+                # watch it through its /proc/self/fd link (followed, as it must be: the
+                # descriptor itself was opened without following symlinks).
+                fd = _open_long(path, os.O_PATH)
+                try:
+                    wd = self.inotify.add_watch(f"/proc/self/fd/{fd}", MASK)
+                finally:
+                    os.close(fd)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise WatchLimitError(exc.errno, exc.strerror, path) from None
@@ -499,11 +511,45 @@ def _existing_ancestor(path: str) -> str:
     return path or "/"
 
 
+def _open_long(path: str, flags: int) -> int:
+    """Open a directory by an absolute path that may be longer than PATH_MAX.
+
+    Each component is opened relative to the one before (``openat``), without following
+    symlinks: the walk only descends into real directories.
+    """
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        parts = [part for part in path.split("/") if part]
+        for i, part in enumerate(parts):
+            how = flags if i == len(parts) - 1 else os.O_PATH
+            nfd = os.open(part, how | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _scandir(path: str) -> list[tuple[str, bool]]:
+    try:
+        with os.scandir(path) as it:
+            return [(e.name, _is_dir(e)) for e in it]
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+    fd = _open_long(path, os.O_RDONLY)
+    try:
+        with os.scandir(fd) as it:
+            return [(e.name, _is_dir(e)) for e in it]
+    finally:
+        os.close(fd)
+
+
 def _listdir(path: str, warn: Callable[[str, str], None]) -> Iterator[tuple[str, bool]]:
     """(name, is_real_directory) for the entries of ``path``; symlinks are not followed."""
     try:
-        with os.scandir(path) as it:
-            entries = [(e.name, _is_dir(e)) for e in it]
+        entries = _scandir(path)
     except OSError as exc:
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
             warn(path, f"cannot list {display(path)}: {exc.strerror}")
