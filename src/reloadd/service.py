@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from reloadd.coalesce import Batch, Coalescer
+from reloadd.coalesce import PATH_COUNT_CAP, Batch, Coalescer
 from reloadd.config import ServiceSpec
 from reloadd.target import DeliveryError, Pidfile, RunResult, Supervised, Unit, make_target, run
 from reloadd.watch import WatchPath
@@ -32,6 +32,7 @@ log = logging.getLogger("reloadd.service")
 
 HISTORY = 50  # reload records kept per service
 SHOWN_PATHS = 5  # changed paths named in a log line
+INBOX_PATHS = PATH_COUNT_CAP + 1  # distinct paths held in the inbox during a reload
 
 
 class State(enum.Enum):
@@ -104,6 +105,27 @@ class _Change:
     at: float
     paths: list[str]
     gone: list[str] = field(default_factory=list)  # created-and-removed: no net change
+    first: float | None = None  # the earliest change merged into this one (see _merge)
+    seen: set[str] | None = None
+
+    def merge(self, later: _Change) -> bool:
+        """Fold ``later`` into this (the inbox's last) item; False when they must stay apart.
+
+        While a reload runs (a check may take up to its timeout) nothing drains the inbox:
+        merging keeps it to one item per run of changes, holding each distinct path once
+        and at most INBOX_PATHS of them (past PATH_COUNT_CAP the coalescer's count is a
+        lower bound anyway). Retractions keep their own items: their order matters.
+        """
+        if self.gone or later.gone or not self.paths or not later.paths:
+            return False
+        if self.seen is None:
+            self.seen, self.first = set(self.paths), self.at
+        for path in later.paths:
+            if path not in self.seen and len(self.seen) < INBOX_PATHS:
+                self.seen.add(path)
+                self.paths.append(path)
+        self.at = max(self.at, later.at)
+        return True
 
 
 @dataclass
@@ -174,7 +196,9 @@ class Service:
         self._post(_Change(time.monotonic(), [], gone=paths))
 
     def _post(self, item: _Change | _Command) -> None:
-        self._inbox.append(item)
+        tail = self._inbox[-1] if self._inbox else None
+        if not (isinstance(item, _Change) and isinstance(tail, _Change) and tail.merge(item)):
+            self._inbox.append(item)
         self._wake.set()
 
     # -- the task -----------------------------------------------------------------------
@@ -190,6 +214,8 @@ class Service:
                 while self._inbox:
                     item = self._inbox.popleft()
                     if isinstance(item, _Change):
+                        if item.first is not None:  # merged: keep the batch's first time
+                            self.coalescer.add(item.first, [])
                         if item.paths:
                             self.coalescer.add(item.at, item.paths)
                         if item.gone:

@@ -237,3 +237,22 @@ def test_config_load_refuses_it_naming_the_file_key_path_and_owner(tmp_path: Pat
     assert f"{tree}/app is owned by nobody (uid {NOBODY}) (mode 0755)" in text
     cfg.write_text(cfg.read_text() + 'user = "nobody"\n')
     assert load(cfg).services[0].user == "nobody"
+
+
+# -- bounded resources ----------------------------------------------------------------------
+
+
+def test_inbox_changes_merge_to_distinct_paths_with_a_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A storm during a long check grows the inbox by distinct paths, never by events."""
+    from reloadd import service
+
+    monkeypatch.setattr(service, "INBOX_PATHS", 100)
+    head = service._Change(1.0, ["/a/0"])
+    for i in range(10_000):
+        assert head.merge(service._Change(1.0 + i / 1000, [f"/a/{i % 300}"]))
+    assert head.first == 1.0
+    assert head.at == pytest.approx(1.0 + 9_999 / 1000)
+    assert len(head.paths) == 100
+    assert len(set(head.paths)) == 100
+    # a retraction keeps its own place in the inbox
+    assert not head.merge(service._Change(20.0, [], gone=["/a/1"]))
