@@ -19,9 +19,13 @@ Safety, because this systemd shares the host's file systems, /dev and cgroup tre
   back in, so that units see the test's files.
 - journald (a trimmed unit in ``units/``) is configured volatile, without reading kmsg and
   without forwarding anywhere.
+- The unit files are checked before booting: no ``:`` in the unit path, no tmpfiles unit.
 - A canary file in the host's /tmp must survive every boot; the test fails loudly if not.
 - Boots are serialised across processes with a lock file: they share the host's cgroup
   hierarchy (``/system.slice/...``), so two at once would step on each other.
+
+Known host-wide traces (harmless): the systemd mounts the unused cgroup v1 hierarchies and
+leaves empty unit cgroups (``/sys/fs/cgroup/*/system.slice/*.service``) behind.
 
 Without root, ``unshare`` or systemd these tests skip, unless ``RELOADD_REQUIRE_ALL=1`` is set
 (CI), in which case they fail.
@@ -89,7 +93,7 @@ ForwardToWall=no
 EOF
 export container=unshare
 export SYSTEMD_UNIT_PATH="$RELOADD_TEST_UNITS"
-exec /lib/systemd/systemd --system --unit=reloadd-test.target
+exec /lib/systemd/systemd --system --unit="$RELOADD_TEST_TARGET"
 """
 
 # What commands run inside see: no SYSTEMD_* or NOTIFY_SOCKET leaking in from the test run.
@@ -308,6 +312,7 @@ def boot_systemd(
         "RELOADD_TEST_UNITS": unit_path,
         "RELOADD_TEST_KEEP": str(keep_dir),
         "RELOADD_TEST_BIN": str(bin_dir),
+        "RELOADD_TEST_TARGET": BOOT_TARGET,
     }
     deadline = time.monotonic() + BOOT_TIMEOUT
     with boot_log.open("wb") as log:
