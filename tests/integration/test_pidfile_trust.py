@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_check_exec import _q, running, until
 
-from conftest import Recording, recorder_command
+from conftest import Recording, Reloadd, recorder_command, wait_for
 from reloadd import target
 
 pytestmark = pytest.mark.slow
@@ -53,8 +53,6 @@ def victim(tmp_path: Path, spawn: Spawn) -> tuple[int, Recording]:
 
 
 def until_sync(predicate: Callable[[], list[int]]) -> list[int]:
-    from conftest import wait_for
-
     value = wait_for(predicate, what="the victim to start")
     assert isinstance(value, list)
     return value
@@ -204,3 +202,35 @@ def test_process_gone_between_reading_the_pid_and_signalling_is_an_error_not_a_c
             await until(lambda: Recording(second_log).count() == 1, "the SIGHUP")
 
     asyncio.run(scenario())
+
+
+def test_real_reloadd_refuses_its_own_pid_on_a_file_change_and_keeps_running(
+    tmp_path: Path, start_reloadd: Callable[..., Reloadd], victim: tuple[int, Recording]
+) -> None:
+    """File-triggered, in a real reloadd: a pidfile naming reloadd itself is refused (the
+    log says why), reloadd lives on, and the next honest pidfile reloads the victim."""
+    victim_pid, rec = victim
+    app = tmp_path / "app"
+    app.mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    pidfile = run_dir / "app.pid"
+    _write(pidfile, "")
+    r = start_reloadd(
+        f"""
+        [daemon]
+        socket = {_q(tmp_path / "ctl.sock")}
+        {_service(app, pidfile)}
+        debounce = "100ms"
+        """
+    )
+    _write(pidfile, f"{r.proc.pid}\n")
+    (app / "index.php").write_text("<?php // v2\n")
+    r.wait_log(f"pidfile {pidfile} holds pid {r.proc.pid}: that is reloadd itself")
+    assert r.proc.poll() is None
+
+    _write(pidfile, f"{victim_pid}\n")
+    (app / "index.php").write_text("<?php // v3\n")
+    rec.wait_count(1)
+    wait_for(lambda: len(r.reloads("app")) == 1, what="the honest reload", detail=r.log)
+    assert rec.signals() == [victim_pid]
