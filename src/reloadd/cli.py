@@ -75,8 +75,10 @@ def _load(path: str) -> Config | None:
     try:
         return load(path)
     except ConfigError as exc:
+        # logging is not set up yet: under journald, mark these lines as errors ourselves
+        prefix = "<3>" if os.environ.get("JOURNAL_STREAM") else ""
         for problem in exc.problems:
-            print(f"reloadd: {problem}", file=sys.stderr)
+            print(f"{prefix}reloadd: {problem}", file=sys.stderr)
         return None
 
 
