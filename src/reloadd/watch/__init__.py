@@ -356,6 +356,8 @@ class WatchPath:
     def _on_poll(self, tree: PollTree, paths: list[str]) -> None:
         if tree is self.primary:
             self._arm_recheck()
+        elif tree.kind == "" and not tree.pending:
+            self._drop_gone(tree)
         self.sink(self, paths)
 
     # -- the watch-limit fallback -------------------------------------------------------
@@ -370,6 +372,27 @@ class WatchPath:
             return
         if self._sync_soon is None:
             self._sync_soon = loop.call_soon(self._sync)
+
+    def _drop_gone(self, sub: PollTree) -> None:
+        """A polled subtree is gone and its deletions reported: stop polling it. If it
+        comes back, the inotify tree walks it again (and hands it back if still full)."""
+        sub.close()
+        self.polled.pop(sub.prefix, None)
+        if isinstance(self.primary, Tree) and self.primary.unwatched.get(sub.prefix) == (
+            "watch limit"
+        ):
+            del self.primary.unwatched[sub.prefix]
+        self._update_reason()
+
+    def _update_reason(self) -> None:
+        if self.polled:
+            n = len(self.polled)
+            self.reason = f"fallback: watch limit ({n} subtree{'s' if n != 1 else ''} polled)"
+            return
+        if self._limit_warned:
+            self._limit_warned = False  # a new shortage warns again
+            log.info("%s: no subtree is polled any more; all on inotify", self.label)
+        self.reason = self._choose()[1] if self.configured == "auto" else "configured"
 
     def _sync(self) -> None:
         """Make ``polled`` match the subtrees the inotify tree could not watch."""
@@ -398,33 +421,39 @@ class WatchPath:
             )
             self.polled[rel] = sub
             sub.start(report=not self._starting)
-        if self.polled:
-            n = len(self.polled)
-            self.reason = f"fallback: watch limit ({n} subtree{'s' if n != 1 else ''} polled)"
-        else:
-            self.reason = self._choose()[1] if self.configured == "auto" else "configured"
+        self._update_reason()
         if added and not self._limit_warned:
             self._limit_warned = True
             self._warn_limit()
 
     def _warn_limit(self) -> None:
         need = sum(max(t.dirs, 1) for t in self.polled.values())
-        limit = _read_int("/proc/sys/fs/inotify/max_user_watches")
-        raise_to = f"{limit + need:,}" if limit else "a higher value"
+        n = len(self.polled)
+        sysctl, limit = (
+            "fs.inotify.max_user_watches",
+            _read_int("/proc/sys/fs/inotify/max_user_watches"),
+        )
+        shown = f"{sysctl} = {limit}" if limit is not None else sysctl
+        ns_limit = _read_int("/proc/sys/user/max_inotify_watches")  # this user namespace's
+        if ns_limit is not None and limit is not None and ns_limit < limit:
+            # in a container the namespace's own limit binds first: that is the one to raise
+            sysctl, limit = "user.max_inotify_watches", ns_limit
+            shown += f"; {sysctl} = {limit} in this user namespace"
         log.warning(
-            "%s: the inotify watch limit (fs.inotify.max_user_watches%s) is exhausted; "
-            "%d subtree%s (%d director%s) polled every %gs instead. To watch them with "
-            "inotify, raise the limit by at least %d: `sysctl fs.inotify.max_user_watches=%s` "
-            "(and in /etc/sysctl.d/ to keep it)",
+            "%s: the inotify watch limit (%s) is exhausted; %d subtree%s (%d director%s) %s "
+            "polled every %gs instead. To watch them with inotify, raise the limit by at "
+            "least %d: `sysctl %s=%s` (and in /etc/sysctl.d/ to keep it)",
             self.label,
-            f" = {limit:,}" if limit else "",
-            len(self.polled),
-            "s are" if len(self.polled) != 1 else " is",
+            shown,
+            n,
+            "s" if n != 1 else "",
             need,
             "ies" if need != 1 else "y",
+            "are" if n != 1 else "is",
             self.poll_interval,
             need,
-            raise_to.replace(",", ""),
+            sysctl,
+            limit + need if limit is not None else "<higher>",
         )
 
     # -- a waiting auto path: look at its file system again ----------------------------

@@ -20,6 +20,7 @@ directory that did change: linear in the tree, never quadratic.
 Rules (the same as the inotify backend's where they overlap):
 
 - the filters and built-in ignores decide what counts; pruned directories are never read;
+- paths longer than PATH_MAX are read through directory fds opened piece by piece;
 - symlinks below the root are entries, never followed (so no symlink loop can be walked);
   the root itself is followed, and a symlinked root swapped to another directory is a
   change even when the new directory holds hard links with equal signatures;
@@ -67,6 +68,7 @@ PollSink = Callable[["PollTree", list[str]], None]
 
 BASELINE_WAIT = 5.0  # seconds start() waits for the first scan before going on without it
 _VCS_LOCKS = (("index.lock", ".git"), ("wlock", ".hg"))
+_LONG = 4000  # bytes: paths this long are opened piecewise (PATH_MAX is 4096)
 
 
 class _Closed(Exception):
@@ -222,18 +224,28 @@ class _Walker:
             rel = stack.pop()
             path = f"{self.real}/{rel}" if rel else self.real
             prev = self.old.get(rel, {})
+            fd = None
             try:
-                entries = self._read(rel, path, prev, stack)
+                if len(path) * 4 >= _LONG and len(os.fsencode(path)) >= _LONG:
+                    fd = _open_long(path)  # past PATH_MAX: read it through a dir fd
+                entries = self._read(rel, path, fd, prev, stack)
             except OSError as exc:
                 if self._failed(rel, path, exc):
                     _carry(self.old, rel, self.snap)  # what we knew stands: no change
                 continue
+            finally:
+                if fd is not None:
+                    os.close(fd)
             self.snap[rel] = prev if rel in self.old and prev == entries else entries
 
-    def _read(self, rel: str, path: str, prev: DirSnap, stack: list[str]) -> DirSnap:
-        """The entries of one directory; subdirectories to walk are pushed on ``stack``."""
+    def _read(
+        self, rel: str, path: str, fd: int | None, prev: DirSnap, stack: list[str]
+    ) -> DirSnap:
+        """The entries of one directory (read through ``fd`` when given: then the entries
+        are stat'ed relative to it); subdirectories to walk are pushed on ``stack``."""
         entries: DirSnap = {}
-        with os.scandir(path) as it:
+        it = os.scandir(fd) if fd is not None else os.scandir(path)
+        with it:
             for entry in it:
                 name = entry.name
                 was = prev.get(name, 0)  # 0: not seen before; None: seen and filtered out
@@ -244,7 +256,7 @@ class _Walker:
                 if is_dir:
                     child = _join(rel, name)
                     if name in VCS_DIRS:
-                        self._vcs(path, name, child)
+                        self._vcs(path, fd, name, child)
                         entries[name] = None
                     elif was is None or (was == 0 and self.filt.prune_dir(self._frel(child))):
                         entries[name] = None
@@ -310,10 +322,41 @@ class _Walker:
         self.seen.add(key)
         return (ds.st_ino, 0, 0, 0, ds.st_mode)  # no times: a change inside is not its change
 
-    def _vcs(self, path: str, name: str, child: str) -> None:
+    def _vcs(self, path: str, fd: int | None, name: str, child: str) -> None:
         for lock, owner in _VCS_LOCKS:
-            if name == owner and os.path.lexists(f"{path}/{name}/{lock}"):
-                self.locks.add(f"{child}/{lock}")
+            if name != owner:
+                continue
+            try:
+                if fd is not None:
+                    os.lstat(f"{name}/{lock}", dir_fd=fd)
+                else:
+                    os.lstat(f"{path}/{name}/{lock}")
+            except OSError:
+                continue
+            self.locks.add(f"{child}/{lock}")
+
+
+def _open_long(path: str) -> int:
+    """A directory fd for an absolute ``path`` longer than PATH_MAX, opened piecewise."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    rest = os.fsencode(path).lstrip(b"/")
+    fd = os.open("/", flags)
+    try:
+        while rest:
+            if len(rest) < _LONG:
+                piece, rest = rest, b""
+            else:
+                cut = rest.rfind(b"/", 0, _LONG)
+                if cut <= 0:
+                    raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
+                piece, rest = rest[:cut], rest[cut + 1 :]
+            new = os.open(piece, flags, dir_fd=fd)
+            os.close(fd)
+            fd = new
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @dataclass(eq=False)
@@ -360,6 +403,11 @@ class PollTree:
         if self.locks:
             return True
         return self.lost_at is not None and time.monotonic() - self.lost_at < self.hold_lost_for
+
+    @property
+    def pending(self) -> bool:
+        """Changes seen and not reported yet (waiting for a quiet scan)."""
+        return bool(self._pending)
 
     @property
     def watch_count(self) -> int:
@@ -483,18 +531,27 @@ class PollTree:
         self.locks = res.locks
         self.dirs, self.files = res.dirs, res.files
         self._warn_cost(res)
-        was = self.state
+        was = self.state, self.kind
         if res.ident is None:
             self.state, self.kind = ("watching" if self.subtree else "waiting"), ""
-            if was == "watching" and self._based and not self.subtree:
+            if was[0] == "watching" and self._based and not self.subtree:
                 log.warning("watch path %s vanished; waiting for it to return", display(self.root))
                 self.lost_at = now
         else:
-            if was == "waiting" and self._based and self.scans > 1:
+            if was[0] == "waiting" and self._based and self.scans > 1:
                 log.info("watch path %s is back; polling it", display(self.root))
             self.state, self.kind, self.lost_at = "watching", res.kind, None
         if not self._based:  # the baseline
             self._based = True
+            log.log(
+                logging.DEBUG if self.subtree else logging.INFO,
+                "polling %s every %gs: %d files in %d directories (first scan %.3fs)",
+                display(self.root),
+                self.interval,
+                res.files,
+                res.dirs,
+                res.seconds,
+            )
             self._current = self._settled = res.snap
             self._ident = self._settled_ident = res.ident
             return
@@ -507,12 +564,12 @@ class PollTree:
             if self._pending_since is None:
                 self._pending_since = now
             if now - self._pending_since < self.max_delay:
-                if nudge or self.state != was:
+                if nudge or (self.state, self.kind) != was:
                     self.sink(self, [])  # let the service re-derive its state
                 return
         if self._pending:
             self._report()
-        elif nudge or self.state != was:
+        elif nudge or (self.state, self.kind) != was:
             self.sink(self, [])
 
     def _report(self) -> None:
