@@ -1,0 +1,147 @@
+"""``backend = "auto"`` on a real FUSE mount: bindfs shows a backing directory through
+FUSE, and a write made directly into the backing directory reaches the mount without a
+single inotify event on it — exactly the NFS situation (a write by another host). auto
+must choose poll there, say why, and reload; a local path beside it stays on inotify.
+
+Needs bindfs and FUSE (``apt-get install bindfs fuse3``; ``/dev/fuse``), and root to mount.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from reloadd_testing import Scenario, require, require_tool, wait_for
+
+from reloadd.config import ServiceSpec
+from reloadd.service import Service
+from reloadd.watch import WatchPath, fs_type
+from reloadd.watch.filters import PathFilter
+from reloadd.watch.inotify import Hub
+
+FUSE_MAGIC = 0x65735546
+
+
+def write(path: Path, text: str = "x\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def fuse(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(backing, mount): ``backing`` shown at ``mount`` through bindfs; unmounted after."""
+    bindfs = require_tool("bindfs", "bindfs fuse3")
+    require(os.path.exists("/dev/fuse"), "/dev/fuse (FUSE kernel support)")
+    require(os.geteuid() == 0, "root (to mount FUSE file systems)")
+    backing, mount = tmp_path / "backing", tmp_path / "mnt"
+    write(backing / "app.py", "version = 1\n")
+    write(backing / "pkg" / "models.py", "x = 1\n")
+    mount.mkdir()
+    subprocess.run([bindfs, "--no-allow-other", str(backing), str(mount)], check=True)
+    try:
+        assert fs_type(str(mount)) == FUSE_MAGIC
+        yield backing, mount
+    finally:
+        umount = shutil.which("fusermount3") or shutil.which("fusermount")
+        argv = [umount, "-u", "-z", str(mount)] if umount else ["umount", "-l", str(mount)]
+        subprocess.run(argv, check=True)
+
+
+def test_watch_path_on_fuse_chooses_poll(fuse: tuple[Path, Path], tmp_path: Path) -> None:
+    """In-process: the per-path choice and what the status says."""
+    _, mount = fuse
+    hub = Hub()
+    try:
+        on_fuse = WatchPath(hub, str(mount), PathFilter(), lambda t, p: None)
+        local = WatchPath(hub, str(tmp_path), PathFilter(), lambda t, p: None)
+        missing = WatchPath(hub, str(mount / "not" / "yet"), PathFilter(), lambda t, p: None)
+        forced = WatchPath(hub, str(mount), PathFilter(), lambda t, p: None, backend="inotify")
+        assert (on_fuse.backend, on_fuse.reason) == ("poll", "auto: fuse")
+        assert local.backend == "inotify"
+        assert local.reason.startswith("auto: local (")
+        assert (missing.backend, missing.reason) == ("poll", "auto: fuse")  # nearest ancestor
+        assert (forced.backend, forced.reason) == ("inotify", "configured")
+        on_fuse.start()
+        status = on_fuse.describe()
+        assert status["backend"] == "poll"
+        assert status["backend_reason"] == "auto: fuse"
+        assert status["poll"] == {"interval": 1.0, "subtrees": 0, "dirs": 2, "files": 2}
+        on_fuse.close()
+    finally:
+        hub.close()
+
+
+def test_service_snapshot_shows_a_mixed_service(fuse: tuple[Path, Path], tmp_path: Path) -> None:
+    _, mount = fuse
+    local = tmp_path / "local"
+    local.mkdir()
+    spec = ServiceSpec(name="app", source="test", watch=(str(mount), str(local)), command=("true",))
+    hub = Hub()
+    svc = Service(spec, hub)
+    try:
+        svc.arm()
+        snap = svc.snapshot()
+        assert snap["backend"] == "mixed"
+        assert f"{mount}: poll (auto: fuse)" in snap["backend_reason"]
+        assert f"{local}: inotify (auto: local (" in snap["backend_reason"]
+        by_path = {w["path"]: (w["backend"], w["backend_reason"]) for w in snap["watch"]}
+        assert by_path[str(mount)] == ("poll", "auto: fuse")
+        assert by_path[str(local)][0] == "inotify"
+    finally:
+        svc._close()
+        hub.close()
+
+
+@pytest.mark.slow
+def test_auto_polls_fuse_and_backing_writes_reload(
+    fuse: tuple[Path, Path], scenario: Callable[..., Scenario]
+) -> None:
+    """The acceptance test: a write into the backing directory (invisible to inotify on
+    the mount) reloads a service watching the mount with ``backend = "auto"``."""
+    backing, mount = fuse
+    s = scenario(mount, backend="auto", poll_interval="100ms")
+    assert f"app: {mount}: poll (auto: fuse)" in s.reloadd.log()
+    write(backing / "pkg" / "models.py", "x = 2\n")
+    [line] = s.confirm(1)
+    assert line.paths == (str(mount / "pkg" / "models.py"),)
+
+
+@pytest.mark.slow
+def test_inotify_on_fuse_misses_backing_writes(
+    fuse: tuple[Path, Path], scenario: Callable[..., Scenario], tmp_path: Path
+) -> None:
+    """Why auto polls there: forced inotify on the mount sees no write to the backing
+    directory (the sentinel's reload, from a local path, is the first and only one)."""
+    backing, mount = fuse
+    local = tmp_path / "local"
+    local.mkdir()
+    s = scenario([mount, local], backend="inotify", sentinel_dir=local)
+    write(backing / "pkg" / "models.py", "x = 2\n")
+    write(backing / "new.py")
+    s.confirm(0)
+
+
+@pytest.mark.slow
+def test_mixed_service_reloads_from_both_backends(
+    fuse: tuple[Path, Path], scenario: Callable[..., Scenario], tmp_path: Path
+) -> None:
+    """One service, a FUSE path (polled) and a local path (inotify): both reload."""
+    backing, mount = fuse
+    local = tmp_path / "local"
+    write(local / "settings.toml", "a = 1\n")
+    s = scenario([mount, local], poll_interval="100ms", sentinel_dir=local)
+    log = s.reloadd.log()
+    assert f"app: {mount}: poll (auto: fuse)" in log
+    assert f"app: {local}: inotify (auto: local (" in log
+    write(local / "settings.toml", "a = 2\n")
+    [first] = s.confirm(1)
+    assert first.paths == (str(local / "settings.toml"),)
+    write(backing / "app.py", "version = 2\n")
+    wait_for(lambda: len(s.reloads()) >= 3, what="the reload for the FUSE write", detail=s._detail)
+    assert s.reloads()[2].paths == (str(mount / "app.py"),)
+    s.confirm(3)
