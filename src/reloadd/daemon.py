@@ -38,6 +38,7 @@ from typing import Any
 
 from reloadd import __version__
 from reloadd.config import Config, ConfigError, DaemonConfig, ServiceSpec, load, trust_problems
+from reloadd.control import ControlServer
 from reloadd.notify import Notifier
 from reloadd.service import Refused, Reload, Service
 from reloadd.watch import WatchPath
@@ -81,6 +82,7 @@ class Daemon:
         self.started_wall = time.time()
         self.listeners: set[Listener] = set()
         self.hub: Hub | None = None
+        self.control: ControlServer | None = None
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._force = False
@@ -113,6 +115,10 @@ class Daemon:
         ):
             loop.add_signal_handler(sig, handler)
         try:
+            # The control socket listens before any service starts: a second reloadd on the
+            # same socket fails here, and reloadctl is answered as soon as READY=1 is out.
+            self.control = ControlServer(self)
+            await self.control.start()
             for spec in self.config.services:
                 self._add(spec)
             self._watch_config()
@@ -131,12 +137,15 @@ class Daemon:
             )
             await self._stop.wait()
             log.info("shutting down")
+            await self.control.close()  # first: no command may start while services stop
             self.notifier.stopping()
             if self._reloading is not None:
                 self._reloading.cancel()
             await self._stop_services(list(self.services.values()))
             return 0
         finally:
+            if self.control is not None:
+                await self.control.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             if self._config_timer is not None:
