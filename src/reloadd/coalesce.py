@@ -53,6 +53,7 @@ class Coalescer:
     _seen: set[str] = field(default_factory=set)
     _sample: list[str] = field(default_factory=list)
     _overflowed: int = 0
+    _fresh: set[str] = field(default_factory=set)  # paths that entered with the last add
 
     @property
     def pending(self) -> bool:
@@ -63,6 +64,7 @@ class Coalescer:
         if self._first is None:
             self._first = now
         self._last = max(self._last, now)
+        self._fresh = set()
         for path in paths:
             if path in self._seen:
                 continue
@@ -70,18 +72,23 @@ class Coalescer:
                 self._overflowed += 1
                 continue
             self._seen.add(path)
+            self._fresh.add(path)
             if len(self._sample) < PATH_SAMPLE_CAP:
                 self._sample.append(path)
 
     def retract(self, paths: Iterable[str]) -> None:
-        """Forget paths that were created and removed again within the pending batch.
+        """Forget paths that were created and removed again since the last ``add``.
 
-        A batch left with no path at all is no change: nothing fires for it.
+        Only a path that entered the batch with the last ``add`` is forgotten: one that
+        was in it before (a file that existed and was deleted earlier in the batch, then
+        created and removed again) is still a change. A batch left with no path at all is
+        no change: nothing fires for it.
         """
         if self._first is None:
             return
         for path in paths:
-            if path in self._seen:
+            if path in self._fresh:
+                self._fresh.discard(path)
                 self._seen.discard(path)
                 if path in self._sample:
                     self._sample.remove(path)
@@ -108,7 +115,7 @@ class Coalescer:
             last=self._last if self._first is not None else now,
         )
         self._first, self._last = None, 0.0
-        self._seen, self._sample, self._overflowed = set(), [], 0
+        self._seen, self._sample, self._overflowed, self._fresh = set(), [], 0, set()
         self.in_flight = True
         self.last_start = now
         return batch

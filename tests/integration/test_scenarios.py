@@ -101,6 +101,57 @@ def test_vim_save(scenario: Start, backend: str, app: Path) -> None:
     assert line.paths == (str(target),)
 
 
+def vim_save(path: Path, text: str) -> None:
+    """What vim does on ``:w`` with backupcopy=no: probe, rename to backup, write, clean up."""
+    probe = path.parent / "4913"
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
+    os.unlink(probe)
+    backup = path.with_name(path.name + "~")
+    os.rename(path, backup)
+    with open(path, "w") as f:
+        f.write(text)
+    os.unlink(backup)
+
+
+def test_repeated_saves_each_reload(scenario: Start, backend: str, app: Path) -> None:
+    """The same file saved vim-style three times, each save settling first: three SIGHUPs
+    (a file created by one save and replaced by the next is a change every time)."""
+    s = scenario(app, backend=backend)
+    for n in (1, 2, 3):
+        vim_save(app / "app.py", f"version = {n + 1}\n")
+        lines = s.wait_reloads(2 * n - 1)
+        assert lines[-1].paths == (str(app / "app.py"),)
+        s.confirm(2 * n - 1)
+
+
+def test_new_file_then_deleted(scenario: Start, backend: str, app: Path) -> None:
+    """1. a new file appears: one SIGHUP; 2. it is deleted later: one more SIGHUP (the
+    server must forget it)."""
+    (app / "plugins").mkdir()
+    s = scenario(app, backend=backend)
+    plugin = write(app / "plugins" / "new.py", "x = 1\n")
+    [added] = s.confirm(1)
+    assert added.paths == (str(plugin),)
+    plugin.unlink()
+    lines = s.wait_reloads(3)
+    assert lines[2].paths == (str(plugin),)
+    s.confirm(3)
+
+
+def test_temp_file_created_and_removed_in_one_read(scenario: Start, app: Path) -> None:
+    """A temp file created and removed again before reloadd reads the events (made
+    certain by stopping reloadd meanwhile): no net change, no reload. (inotify only: a
+    poll never sees such a file.)"""
+    s = scenario(app, backend="inotify")
+    s.reloadd.proc.send_signal(signal.SIGSTOP)
+    try:
+        write(app / "scratch.txt").unlink()
+        write(app / "pkg" / ".~lock.tmp").unlink()
+    finally:
+        s.reloadd.proc.send_signal(signal.SIGCONT)
+    s.confirm(0)
+
+
 def test_atomic_replace(scenario: Start, backend: str, app: Path) -> None:
     """A temp file written beside the target and ``os.replace``d over it: one SIGHUP."""
     s = scenario(app, backend=backend)

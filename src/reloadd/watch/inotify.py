@@ -276,10 +276,14 @@ class Tree:
         if self._dirty:
             paths, self._pending, self._dirty = self._pending, [], False
             self.sink(self, paths)
-        if self._gone:
-            gone, self._gone = self._gone, []
-            if self.retract is not None:
-                self.retract(self, gone)
+        # Only a file created *and* removed within this one read is no net change: one
+        # created earlier may have been part of a reload already (its removal is then a
+        # change), and one created again after its removal is there now.
+        gone = [path for path in self._gone if path not in self._born]
+        self._gone = []
+        self._born.clear()
+        if gone and self.retract is not None:
+            self.retract(self, gone)
 
     # -- events ---------------------------------------------------------------------
 
@@ -335,8 +339,9 @@ class Tree:
         self._track_write(full, mask)
         self._pending.append(full)
         self._dirty = True
-        # A file created and removed again (an editor's or sed's temp file) is no net
-        # change: the service drops it from the pending batch if it is still there.
+        # A file created and removed again within one read (an editor's or sed's temp
+        # file) is no net change: the service drops it from the pending batch if it
+        # entered the batch with this read (see flush and Coalescer.retract).
         if mask & F.CREATE:
             if len(self._born) >= _BORN_CAP:
                 self._born.clear()
