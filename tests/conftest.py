@@ -31,7 +31,7 @@ DEADLINE = float(os.environ.get("RELOADD_TEST_DEADLINE", "20"))
 
 # The watch backends the scenario tests run on (the ``backend`` fixture); a new backend
 # joins every scenario by being added here.
-BACKENDS = ("inotify",)
+BACKENDS = ("inotify", "poll")
 
 # Test modules import the helpers below as ``from reloadd_testing import ...``: the name
 # "conftest" is ambiguous once several conftest.py files are loaded (tests/systemd has one).
@@ -374,6 +374,8 @@ def scenario(tmp_path: Path, start_reloadd: Callable[..., Reloadd]) -> Callable[
             f"command = {toml_value(keys.pop('command', recorder_command(log, *recorder_args)))}",
             f"debounce = {toml_value(debounce)}",
         ]
+        if keys.get("backend") == "poll":
+            keys.setdefault("poll_interval", "100ms")  # a change settles in two scans
         lines += [f"{key} = {toml_value(value)}" for key, value in keys.items()]
         lines += ["[daemon]", f"socket = {toml_value(tmp_path / 'control.sock')}"]
         r = start_reloadd("\n".join(lines) + "\n" + extra_toml)
