@@ -699,3 +699,32 @@ def test_queue_overflow_rescans_and_reloads_once(
     s.reloadd.wait_log("inotify queue overflowed")
     [line] = s.confirm(1)
     assert line.count >= 1
+
+
+def test_overflow_rescan_follows_renames_and_locks(scenario: Start, app: Path) -> None:
+    """What changed while the queue overflowed is found by the rescan:
+    1. reloadd is stopped; the queue overflows; then ``pkg`` is renamed to ``lib`` and a
+       ``.git/index.lock`` that existed is removed (their events are lost);
+    2. reloadd continues: one SIGHUP for the overflow;
+    3. a write in ``lib`` reloads within the debounce: ``lib`` is watched (the old name's
+       watch was the same inode and must not be dropped) and no stale lock holds it."""
+    bulk = app / "bulk"
+    bulk.mkdir()
+    lock = write(app / ".git" / "index.lock", "")
+    s = scenario(app, backend="inotify", debounce="500ms", max_delay="30s")
+    s.reloadd.proc.send_signal(signal.SIGSTOP)
+    try:
+        for i in range(20_000):
+            with open(bulk / f"f{i:05}", "wb") as f:
+                f.write(b"x")
+        os.rename(app / "pkg", app / "lib")
+        lock.unlink()
+    finally:
+        s.reloadd.proc.send_signal(signal.SIGCONT)
+    s.reloadd.wait_log("inotify queue overflowed")
+    # a stale lock would hold every batch for max_delay (30 s): 10 s is plenty for 0.5 s
+    s.wait_reloads(1, timeout=10)
+    write(app / "lib" / "models.py", "x = 5\n")
+    lines = s.wait_reloads(2, timeout=10)
+    assert lines[1].paths == (str(app / "lib" / "models.py"),)
+    s.confirm(2)

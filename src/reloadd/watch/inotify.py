@@ -260,13 +260,19 @@ class Tree:
 
     def rescan(self) -> None:
         """After a queue overflow: re-walk without dropping live watches; a change."""
+        # The lost events may have closed files and removed VCS locks: both are found
+        # again by the walk (locks) or not at all (open files: assume closed).
         self.open_writes.clear()
+        self.locks.clear()
         if self.state == "watching" and self.kind == "dir":
             old = dict(self.dirs)
             self.dirs.clear()
             self._walk("", report=False)
+            # A directory renamed meanwhile has the same wd under its new name: only the
+            # wds that no directory holds any more are unwatched.
+            live = set(self.dirs.values())
             for rel, wd in old.items():
-                if rel not in self.dirs:
+                if rel not in self.dirs and wd not in live:
                     self.hub.unwatch(self, wd, "dir")
         self._reevaluate(report=True)
         self._pending.append(self.root)
