@@ -8,6 +8,9 @@ Needs bindfs and FUSE (``apt-get install bindfs fuse3``; ``/dev/fuse``), and roo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -32,24 +35,40 @@ def write(path: Path, text: str = "x\n") -> Path:
     return path
 
 
-@pytest.fixture
-def fuse(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """(backing, mount): ``backing`` shown at ``mount`` through bindfs; unmounted after."""
+@contextlib.contextmanager
+def bindfs_mount(backing: Path, mount: Path) -> Iterator[None]:
+    """``backing`` shown at ``mount`` through bindfs (FUSE) for the ``with`` block."""
     bindfs = require_tool("bindfs", "bindfs fuse3")
     require(os.path.exists("/dev/fuse"), "/dev/fuse (FUSE kernel support)")
     require(os.geteuid() == 0, "root (to mount FUSE file systems)")
-    backing, mount = tmp_path / "backing", tmp_path / "mnt"
-    write(backing / "app.py", "version = 1\n")
-    write(backing / "pkg" / "models.py", "x = 1\n")
-    mount.mkdir()
     subprocess.run([bindfs, "--no-allow-other", str(backing), str(mount)], check=True)
     try:
         assert fs_type(str(mount)) == FUSE_MAGIC
-        yield backing, mount
+        yield
     finally:
         umount = shutil.which("fusermount3") or shutil.which("fusermount")
         argv = [umount, "-u", "-z", str(mount)] if umount else ["umount", "-l", str(mount)]
         subprocess.run(argv, check=True)
+
+
+@pytest.fixture
+def fuse(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(backing, mount): ``backing`` shown at ``mount`` through bindfs; unmounted after."""
+    backing, mount = tmp_path / "backing", tmp_path / "mnt"
+    write(backing / "app.py", "version = 1\n")
+    write(backing / "pkg" / "models.py", "x = 1\n")
+    mount.mkdir()
+    with bindfs_mount(backing, mount):
+        yield backing, mount
+
+
+async def until(predicate: Callable[[], object], timeout: float = 20.0) -> None:
+    """Let the loop run until ``predicate`` holds (a deadline, not a synchronisation)."""
+    for _ in range(int(timeout / 0.005)):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    pytest.fail("timed out")
 
 
 def test_watch_path_on_fuse_chooses_poll(fuse: tuple[Path, Path], tmp_path: Path) -> None:
@@ -145,3 +164,106 @@ def test_mixed_service_reloads_from_both_backends(
     wait_for(lambda: len(s.reloads()) >= 3, what="the reload for the FUSE write", detail=s._detail)
     assert s.reloads()[2].paths == (str(mount / "app.py"),)
     s.confirm(3)
+
+
+# -- late mounts: a waiting auto path looks again -----------------------------------------
+
+
+def test_late_fuse_mount_switches_a_waiting_path_to_poll(tmp_path: Path) -> None:
+    """The watch path does not exist at start (its parent is a local directory: inotify);
+    then a FUSE file system is mounted there, making no inotify event. The waiting path
+    looks again, finds FUSE, switches to poll and reports the content."""
+    backing, mount = tmp_path / "backing", tmp_path / "mnt"
+    index = write(backing / "app" / "index.html")
+    mount.mkdir()
+    reports: list[list[str]] = []
+
+    async def main() -> None:
+        hub = Hub(asyncio.get_running_loop())
+        path = WatchPath(
+            hub,
+            str(mount / "app"),
+            PathFilter(),
+            lambda t, p: reports.append(p),
+            poll_interval=0.02,
+        )
+        try:
+            path.start()
+            assert (path.state, path.backend) == ("waiting", "inotify")
+            with bindfs_mount(backing, mount):
+                await until(lambda: [p for p in reports if p])
+                assert (path.backend, path.reason, path.state) == ("poll", "auto: fuse", "watching")
+                assert [p for p in reports if p] == [[str(mount / "app" / index.name)]]
+                path.close()  # before the unmount: no scan of a vanishing mount
+        finally:
+            path.close()
+            hub.close()
+
+    asyncio.run(main())
+
+
+def test_late_local_mount_is_found_without_an_event(tmp_path: Path) -> None:
+    """A tmpfs mounted over the directory that anchors a missing watch path: inotify on
+    the covered directory sees nothing; the waiting path's second look finds it."""
+    require(os.geteuid() == 0 and shutil.which("mount") is not None, "root and mount(8)")
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    reports: list[list[str]] = []
+    mounted = False
+
+    async def main() -> None:
+        nonlocal mounted
+        hub = Hub(asyncio.get_running_loop())
+        path = WatchPath(
+            hub,
+            str(mount / "app"),
+            PathFilter(),
+            lambda t, p: reports.append(p),
+            poll_interval=0.02,
+        )
+        try:
+            path.start()
+            assert (path.state, path.backend) == ("waiting", "inotify")
+            argv = ["mount", "-t", "tmpfs", "reloadd-test", str(mount)]
+            await asyncio.to_thread(subprocess.run, argv, check=True)
+            mounted = True
+            index = write(mount / "app" / "index.html")
+            await until(lambda: [p for p in reports if p])
+            assert (path.backend, path.reason, path.state) == (
+                "inotify",
+                "auto: local (tmpfs)",
+                "watching",
+            )
+            assert str(index) in [p for r in reports for p in r]
+        finally:
+            path.close()
+            hub.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(mount)], check=True)
+
+
+# -- the environment -------------------------------------------------------------------------
+
+
+def test_environment_forces_a_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = Hub()
+    try:
+        monkeypatch.setenv("RELOADD_BACKEND", "poll")
+        path = WatchPath(hub, str(tmp_path), PathFilter(), lambda t, p: None)
+        assert (path.backend, path.reason) == ("poll", "RELOADD_BACKEND=poll")
+        forced = WatchPath(hub, str(tmp_path), PathFilter(), lambda t, p: None, backend="inotify")
+        assert (forced.backend, forced.reason) == ("inotify", "configured")
+        monkeypatch.setenv("RELOADD_BACKEND", "fanotify")
+        with caplog.at_level(logging.WARNING, "reloadd.watch"):
+            for _ in range(2):
+                path = WatchPath(hub, str(tmp_path), PathFilter(), lambda t, p: None)
+                assert path.reason.startswith("auto: local (")
+        assert caplog.text.count("RELOADD_BACKEND='fanotify' is not one of") <= 1
+    finally:
+        hub.close()

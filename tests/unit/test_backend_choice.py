@@ -67,6 +67,19 @@ def test_a_configured_backend_is_forced(configured: str, magic: int | None) -> N
     assert choose_backend(configured, magic) == (configured, "configured")
 
 
+@pytest.mark.parametrize("env", ["inotify", "poll"])
+def test_environment_forces_only_where_the_config_says_auto(env: str) -> None:
+    assert choose_backend("auto", 0x6969, env) == (env, f"RELOADD_BACKEND={env}")
+    assert choose_backend("auto", None, env) == (env, f"RELOADD_BACKEND={env}")
+    other = "poll" if env == "inotify" else "inotify"
+    assert choose_backend(other, 0xEF53, env) == (other, "configured")  # config first
+
+
+@pytest.mark.parametrize("env", [None, "", "auto", "fanotify"])
+def test_environment_auto_or_unknown_detects(env: str | None) -> None:
+    assert choose_backend("auto", 0x6969, env) == ("poll", "auto: nfs")
+
+
 def test_statfs_failure_falls_back_to_inotify() -> None:
     assert choose_backend("auto", None) == ("inotify", "auto: file system unknown")
 

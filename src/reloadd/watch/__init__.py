@@ -9,7 +9,9 @@ Backend choice (``backend = "auto"``, the default): inotify reports only what th
 kernel writes, so a path on a file system whose contents another machine (or a FUSE
 daemon, or a VM host) changes is polled. The file system is told by ``statfs(2)``'s
 ``f_type`` of the watch path (through a symlinked root; the nearest existing ancestor
-when the path does not exist yet). ``"inotify"`` and ``"poll"`` force one.
+when the path does not exist yet). ``"inotify"`` and ``"poll"`` force one; where the
+config says ``auto``, the environment variable ``RELOADD_BACKEND`` (inotify | poll) may
+force one too (STYLE.md: config, then environment, then detection).
 
 ==========  ===========  ==========================================================
 f_type      name         why polled
@@ -61,6 +63,7 @@ from reloadd.watch.poll import PollTree
 log = logging.getLogger("reloadd.watch")
 
 BACKENDS = ("auto", "inotify", "poll")
+ENV = "RELOADD_BACKEND"  # forces a backend where the config says "auto" (tests, CI, debugging)
 
 # statfs f_type -> name, for file systems whose changes inotify does not (fully) see.
 REMOTE_FS: dict[int, str] = {
@@ -115,8 +118,12 @@ LOCAL_FS: dict[int, str] = {
 }
 
 
-def choose_backend(configured: str, fs_type_magic: int | None) -> tuple[str, str]:
-    """The backend for a watch path and why: pure, from the config and statfs's f_type.
+def choose_backend(
+    configured: str, fs_type_magic: int | None, env: str | None = None
+) -> tuple[str, str]:
+    """The backend for a watch path and why: pure, from the config, the environment
+    (``RELOADD_BACKEND``, consulted only when the config says ``auto``) and statfs's
+    f_type. An ``env`` that is not a backend name is ignored (the caller warns).
 
     >>> choose_backend("auto", 0x6969)
     ('poll', 'auto: nfs')
@@ -124,11 +131,15 @@ def choose_backend(configured: str, fs_type_magic: int | None) -> tuple[str, str
     ('inotify', 'auto: local (ext4)')
     >>> choose_backend("poll", 0xEF53)
     ('poll', 'configured')
+    >>> choose_backend("auto", 0xEF53, env="poll")
+    ('poll', 'RELOADD_BACKEND=poll')
     """
     if configured in ("inotify", "poll"):
         return configured, "configured"
     if configured != "auto":
         raise ValueError(f"unknown backend {configured!r}; expected one of {BACKENDS}")
+    if env in ("inotify", "poll"):
+        return env, f"{ENV}={env}"
     if fs_type_magic is None:
         return "inotify", "auto: file system unknown"
     magic = fs_type_magic & 0xFFFFFFFF
@@ -137,6 +148,8 @@ def choose_backend(configured: str, fs_type_magic: int | None) -> tuple[str, str
         return "poll", f"auto: {remote}"
     return "inotify", f"auto: local ({LOCAL_FS.get(magic, f'0x{magic:x}')})"
 
+
+_env_warned: list[str] = []  # warn about a bad RELOADD_BACKEND once per process
 
 # -- statfs(2) ------------------------------------------------------------------------
 
@@ -316,7 +329,11 @@ class WatchPath:
 
     def _choose(self) -> tuple[str, str]:
         magic = fs_type(nearest_existing(self.root)) if self.configured == "auto" else None
-        backend, reason = choose_backend(self.configured, magic)
+        env = os.environ.get(ENV) or None
+        if env is not None and env not in BACKENDS and not _env_warned:
+            _env_warned.append(env)
+            log.warning("%s=%r is not one of %s; ignored", ENV, env, ", ".join(BACKENDS))
+        backend, reason = choose_backend(self.configured, magic, env)
         if backend == "inotify" and self.hub.error:
             return "poll", f"fallback: {self.hub.error}"
         return backend, reason
@@ -496,6 +513,8 @@ class WatchPath:
                     self.sink(self, [self.root])  # the root appeared: its content is new
                 self._sync()
         elif exists and isinstance(self.primary, Tree):
+            if not self.polled:
+                self.reason = reason
             self.primary.rescan()  # it appeared without an event (a mount): look now
             self.primary.flush()
         self._arm_recheck()
