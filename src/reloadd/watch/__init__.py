@@ -232,6 +232,7 @@ class WatchPath:
         self.label = label or display(self.root)
         self.polled: dict[str, PollTree] = {}
         self.backend, self.reason = self._choose()
+        self._chosen = self.reason  # why this backend, before any fallback
         self.primary: Tree | PollTree = self._make(self.backend)
         self._starting = False
         self._sync_soon: asyncio.Handle | None = None
@@ -409,7 +410,7 @@ class WatchPath:
         if self._limit_warned:
             self._limit_warned = False  # a new shortage warns again
             log.info("%s: no subtree is polled any more; all on inotify", self.label)
-        self.reason = self._choose()[1] if self.configured == "auto" else "configured"
+        self.reason = self._chosen
 
     def _sync(self) -> None:
         """Make ``polled`` match the subtrees the inotify tree could not watch."""
@@ -504,6 +505,7 @@ class WatchPath:
             self.polled.clear()
             self.primary.close()
             self.backend, self.reason = backend, reason
+            self._chosen = reason
             self.primary = self._make(backend)
             if isinstance(self.primary, PollTree):
                 self.primary.start(report=True)  # content found now is a change
@@ -513,6 +515,7 @@ class WatchPath:
                     self.sink(self, [self.root])  # the root appeared: its content is new
                 self._sync()
         elif exists and isinstance(self.primary, Tree):
+            self._chosen = reason
             if not self.polled:
                 self.reason = reason
             self.primary.rescan()  # it appeared without an event (a mount): look now

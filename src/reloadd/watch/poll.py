@@ -513,9 +513,13 @@ class PollTree:
         self._scanning = False
         if self._closed:
             return
-        if result is not None:
-            self._apply(result)
-        self._schedule()
+        try:
+            if result is not None:
+                self._apply(result)
+        except Exception:
+            log.exception("applying a scan of %s failed", display(self.root))
+        finally:
+            self._schedule()  # a bug in one scan must not end the polling
 
     # -- applying -------------------------------------------------------------------
 
