@@ -118,8 +118,8 @@ class _Change:
         """
         if self.gone or later.gone or not self.paths or not later.paths:
             return False
-        if self.seen is None:
-            self.seen, self.first = set(self.paths), self.at
+        if self.seen is None:  # first merge: own the list (it came from the watcher)
+            self.paths, self.seen, self.first = list(self.paths), set(self.paths), self.at
         for path in later.paths:
             if path not in self.seen and len(self.seen) < INBOX_PATHS:
                 self.seen.add(path)

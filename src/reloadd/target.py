@@ -177,6 +177,8 @@ def _ids(spec: ServiceSpec) -> dict[str, Any]:
         opts["extra_groups"] = os.getgrouplist(entry.pw_name, primary)
     except OSError:
         opts["extra_groups"] = [primary]
+    if os.geteuid() != 0 and entry.pw_uid == os.geteuid() and primary == os.getegid():
+        return {}  # not root, and already that user: setgroups() would only fail with EPERM
     return opts
 
 
@@ -871,6 +873,7 @@ def _why(res: RunResult) -> str:
 
 async def _systemctl(*args: str) -> RunResult:
     argv = ("systemctl", *args)
+    prepare_signals()
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
