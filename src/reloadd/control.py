@@ -334,9 +334,14 @@ class ControlServer:
         sock = bind_socket(self.path, mode, self._socket_gid(group))
         st = os.stat(self.path)
         self._ident = (st.st_dev, st.st_ino)
-        self._server = await asyncio.start_unix_server(
-            self._serve, sock=sock, limit=p.MAX_REQUEST - 1
-        )
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, sock=sock, limit=p.MAX_REQUEST - 1
+            )
+        except BaseException:
+            sock.close()
+            self._unlink()
+            raise
         log.info("control: listening on %s (mode %04o, group %s)", self.path, mode, group or "-")
 
     async def close(self) -> None:
