@@ -290,6 +290,7 @@ class ControlServer:
         max_per_uid: int = MAX_PER_UID,
         idle_timeout: float = IDLE_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
+        event_backlog: int = EVENT_BACKLOG,
     ) -> None:
         self.daemon = daemon
         settings = daemon.config.daemon
@@ -299,6 +300,7 @@ class ControlServer:
         self.max_per_uid = max_per_uid
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
+        self.event_backlog = event_backlog
         self.uid = os.geteuid()
         self._server: asyncio.AbstractServer | None = None
         self._ident: tuple[int, int] | None = None
@@ -576,7 +578,7 @@ class ControlServer:
             nonlocal dropped
             if dropped:
                 dropped += 1
-            elif queue.qsize() >= EVENT_BACKLOG:
+            elif queue.qsize() >= self.event_backlog:
                 dropped = 1
                 queue.put_nowait(_OVERRUN)
             else:
@@ -604,7 +606,7 @@ class ControlServer:
                         return p.error(req.id, p.STOPPING, "reloadd is stopping")
                     if item is _OVERRUN:
                         message = (
-                            f"events: the client fell {EVENT_BACKLOG} events behind; "
+                            f"events: the client fell {self.event_backlog} events behind; "
                             f"{dropped} were not sent (reconnect to follow again)"
                         )
                         return p.error(req.id, p.OVERRUN, message)

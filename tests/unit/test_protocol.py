@@ -140,6 +140,7 @@ def test_mutating_and_read_only_partition_the_commands() -> None:
     assert {"reload", "restart", "pause", "resume", "reload-config"} == p.MUTATING
 
 
+@pytest.mark.slow
 @given(st.binary(max_size=300))
 def test_any_bytes_give_a_request_or_a_protocol_error(raw: bytes) -> None:
     try:
@@ -162,6 +163,7 @@ _json = st.recursive(
 )
 
 
+@pytest.mark.slow
 @given(
     st.fixed_dictionaries(
         {},
