@@ -367,6 +367,29 @@ def test_root_deleted_and_recreated(scenario: Start, backend: str, tmp_path: Pat
     s.confirm(3)
 
 
+def test_root_recreated_while_reloadd_was_not_reading(
+    scenario: Start, backend: str, tmp_path: Path
+) -> None:
+    """The root is removed and recreated before reloadd reads a single event (it is
+    stopped meanwhile), so the new root usually even has the old inode number: one
+    SIGHUP, and writes in the new root still reload."""
+    root = tmp_path / "site"
+    write(root / "index.html", "v1")
+    s = scenario(root, backend=backend)
+    s.reloadd.proc.send_signal(signal.SIGSTOP)
+    try:
+        shutil.rmtree(root)
+        write(root / "index.html", "v2")
+    finally:
+        s.reloadd.proc.send_signal(signal.SIGCONT)
+    [line] = s.confirm(1)
+    assert line.paths == (str(root / "index.html"),)
+    write(root / "new.html", "v3")
+    lines = s.wait_reloads(3)
+    assert lines[2].paths == (str(root / "new.html"),)
+    s.confirm(3)
+
+
 def test_root_renamed_away_and_replaced(scenario: Start, backend: str, tmp_path: Path) -> None:
     """A deploy by renames (``mv site site.old; mv staging site``): one SIGHUP; then
     writes in the new root reload and writes in the old one do not."""

@@ -327,11 +327,11 @@ class Tree:
             if self.dirs.get(rel) == wd:
                 del self.dirs[rel]
                 if rel == "":
-                    self._reevaluate(report=True)
+                    self._root_lost()
             return
         if mask & (F.DELETE_SELF | F.MOVE_SELF):
             if rel == "":
-                self._reevaluate(report=True)
+                self._root_lost()
             return
         if not name:
             return
@@ -383,6 +383,17 @@ class Tree:
             self.open_writes.discard(full)
 
     # -- the root ---------------------------------------------------------------------
+
+    def _root_lost(self) -> None:
+        """The root directory's own watch says it was deleted or moved away.
+
+        Whatever is at the root path now is another directory, even if its (dev, inode)
+        is the old one's: a file system reuses the inode number of a directory deleted a
+        moment ago (``rm -rf site && cp -r staging site``), and comparing it would keep
+        the dead watch. So the root is looked at afresh.
+        """
+        self._ident = None
+        self._reevaluate(report=True)
 
     def _reevaluate(self, report: bool) -> None:
         """Find out what the root is now, and follow it."""
