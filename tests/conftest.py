@@ -223,6 +223,9 @@ def start_reloadd(tmp_path: Path) -> Iterator[Callable[..., Reloadd]]:
         stderr_path = tmp_path / f"reloadd-{len(started)}.log"
         full_env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM",)}
         full_env.update({"NOTIFY_SOCKET": str(sock_path), "PYTHONUNBUFFERED": "1"})
+        # a private control socket unless the config names one: tests never share
+        # /run/reloadd/control.sock with each other or with a reloadd on this machine
+        full_env.setdefault("RUNTIME_DIRECTORY", str(tmp_path))
         full_env.update(env or {})
         with open(stderr_path, "wb") as err:
             proc = subprocess.Popen(
