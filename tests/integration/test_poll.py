@@ -581,7 +581,7 @@ def test_a_100k_file_scan_does_not_stall_other_services(
         f'[services.small]\nwatch = [{toml_value(small)}]\nbackend = "inotify"\n'
         f"command = {toml_value(recorder_command(logs['small']))}\n"
     )
-    r = start_reloadd(text)
+    r = start_reloadd(text + f"[daemon]\nsocket = {toml_value(tmp_path / 'control.sock')}\n")
     recs = {name: Recording(path) for name, path in logs.items()}
     wait_for(lambda: all(rec.ready_pids() for rec in recs.values()), what="both recorders")
     r.wait_log("100000 files in 101 directories", timeout=120)  # type: ignore[attr-defined]

@@ -52,7 +52,8 @@ def start_in_userns(tmp_path: Path) -> Iterator[Start]:
 
     def start(config_text: str, limits: dict[str, int]) -> Reloadd:
         config = tmp_path / "reloadd.toml"
-        config.write_text(textwrap.dedent(config_text))
+        own_socket = f"[daemon]\nsocket = {toml_value(tmp_path / 'control.sock')}\n"
+        config.write_text(textwrap.dedent(config_text) + own_socket)
         sock_path = tmp_path / "notify.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(sock_path))
