@@ -734,7 +734,7 @@ def test_overflow_rescan_follows_renames_and_locks(scenario: Start, app: Path) -
     bulk = app / "bulk"
     bulk.mkdir()
     lock = write(app / ".git" / "index.lock", "")
-    s = scenario(app, backend="inotify", debounce="500ms", max_delay="30s")
+    s = scenario(app, backend="inotify", debounce="500ms", max_delay="120s")
     s.reloadd.proc.send_signal(signal.SIGSTOP)
     try:
         for i in range(20_000):
@@ -745,9 +745,9 @@ def test_overflow_rescan_follows_renames_and_locks(scenario: Start, app: Path) -
     finally:
         s.reloadd.proc.send_signal(signal.SIGCONT)
     s.reloadd.wait_log("inotify queue overflowed")
-    # a stale lock would hold every batch for max_delay (30 s): 10 s is plenty for 0.5 s
-    s.wait_reloads(1, timeout=10)
+    # a stale lock would hold every batch for max_delay (120 s); 20 s is plenty for 0.5 s
+    s.wait_reloads(1, timeout=20)
     write(app / "lib" / "models.py", "x = 5\n")
-    lines = s.wait_reloads(2, timeout=10)
+    lines = s.wait_reloads(2, timeout=20)
     assert lines[1].paths == (str(app / "lib" / "models.py"),)
     s.confirm(2)
