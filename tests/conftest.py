@@ -350,7 +350,9 @@ class Scenario:
 
 
 @pytest.fixture
-def scenario(tmp_path: Path, start_reloadd: Callable[..., Reloadd]) -> Callable[..., Scenario]:
+def scenario(
+    tmp_path: Path, start_reloadd: Callable[..., Reloadd]
+) -> Iterator[Callable[..., Scenario]]:
     """Start reloadd with one service ``app`` supervising a recorder; wait for both.
 
     ``scenario(watch, debounce="300ms", sentinel_dir=None, recorder_args=(), **keys)``:
@@ -383,7 +385,18 @@ def scenario(tmp_path: Path, start_reloadd: Callable[..., Reloadd]) -> Callable[
         lines += ["[daemon]", f"socket = {toml_value(tmp_path / 'control.sock')}"]
         r = start_reloadd("\n".join(lines) + "\n" + extra_toml)
         rec = Recording(log)
+        scenarios.append(Scenario(r, rec, "app", sentinel_dir or Path(paths[0])))
         wait_for(lambda: rec.ready_pids(), what="the recorder to start", detail=r.log)
-        return Scenario(r, rec, "app", sentinel_dir or Path(paths[0]))
+        return scenarios[-1]
 
-    return start
+    scenarios: list[Scenario] = []
+    yield start
+    # Stop reloadd (it stops its targets); should it have died instead, its targets'
+    # process groups would outlive the test: end them.
+    for s in scenarios:
+        s.reloadd.stop()
+        for pid in s.started_pids():
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

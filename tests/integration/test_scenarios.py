@@ -531,6 +531,9 @@ def test_missing_watch_path_appears(start_reloadd: Callable[..., object], tmp_pa
     recs["late"].wait_count(1)
     write(late / "sub" / "more.html", "again")
     recs["late"].wait_count(2)
+    # the second reload is the later write's, alone: the appearance gave exactly one
+    wait_for(lambda: len(r.reloads("late")) == 2, what="two reload lines")  # type: ignore[attr-defined]
+    assert r.reloads("late")[1].paths == (str(late / "sub" / "more.html"),)  # type: ignore[attr-defined]
     assert [x.service for x in r.reloads()] == ["ok", "late", "late"]  # type: ignore[attr-defined]
     assert recs["late"].count() == 2
     assert recs["ok"].count() == 1
