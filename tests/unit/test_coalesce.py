@@ -277,7 +277,7 @@ def test_retract_spares_a_path_from_an_earlier_batch() -> None:
 # --------------------------------------------------------------------------- properties
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     gaps=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40),
     debounce=st.sampled_from([0.02, 0.1, 0.3]),
