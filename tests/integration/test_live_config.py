@@ -93,6 +93,18 @@ def reloads_logged(r: Reloadd, service: str) -> list[str]:
     return [line for line in r.log().splitlines() if f" {service}: reloaded: " in line]
 
 
+def wait_reloads(r: Reloadd, app: App, n: int) -> list[str]:
+    """Wait for ``n`` reloads of ``app``: signals recorded *and* lines logged (in that
+    order: the target records the signal before reloadd logs the reload)."""
+    app.rec.wait_count(n)
+    wait_for(
+        lambda: len(reloads_logged(r, app.name)) >= n,
+        what=f"{n} reload line(s) of {app.name}",
+        detail=r.log,
+    )
+    return reloads_logged(r, app.name)
+
+
 def config_reloads(r: Reloadd) -> list[str]:
     return [line for line in r.log().splitlines() if "config reloaded: " in line]
 
@@ -148,12 +160,11 @@ def test_include_and_debounce_change_keep_process_command_change_restarts_once(
 ) -> None:
     """include/debounce edits take effect on the same pid; a command edit restarts it once."""
     a = make_app("a")
-    r = start_reloadd(a.toml(include=["*.py"]))
+    r = start_reloadd(head + a.toml(include=["*.py"]))
     pid = a.pid()
     notes = a.write("notes.txt", "1\n")
     app = a.write("app.py")
-    a.rec.wait_count(1)
-    [line] = reloads_logged(r, "a")
+    [line] = wait_reloads(r, a, 1)
     assert str(app) in line
     assert str(notes) not in line
 
@@ -162,8 +173,7 @@ def test_include_and_debounce_change_keep_process_command_change_restarts_once(
     wait_config_reloads(r, 1, "0 added, 1 changed, 0 removed")
     app = a.write("app.py", "v = 2\n")
     notes = a.write("notes.txt", "2\n")
-    a.rec.wait_count(2)
-    _, second = reloads_logged(r, "a")
+    _, second = wait_reloads(r, a, 2)
     assert str(notes) in second
     assert str(app) not in second
     latency = _LATENCY.search(second)
