@@ -515,20 +515,28 @@ class Supervised:
         pgid = proc.pid
         name, sig = self.spec.name, self.spec.stop_signal
         log.info("%s: stopping pid %d with %s", name, pgid, sig.name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.spec.stop_timeout
         with contextlib.suppress(DeliveryError):
             safe_killpg(pgid, sig)
         try:
             await asyncio.wait_for(proc.wait(), self.spec.stop_timeout)
+            # The rest of the group got the same signal: give it the rest of stop_timeout
+            # too, instead of killing workers that are still finishing their requests.
+            lingering = await _group_alive_until(pgid, deadline)
+            what = f"process group {pgid} still has members after pid {pgid} exited"
         except asyncio.TimeoutError:
+            lingering, what = True, f"pid {pgid} still running"
+        if lingering:
             log.warning(
-                "%s: pid %d still running %.1fs after %s; sending SIGKILL to its group",
+                "%s: %s %.1fs after %s; sending SIGKILL to the group",
                 name,
-                pgid,
+                what,
                 self.spec.stop_timeout,
                 sig.name,
             )
-        with contextlib.suppress(DeliveryError):
-            safe_killpg(pgid, signal.SIGKILL)  # leftovers of the group, or the hung leader
+            with contextlib.suppress(DeliveryError):
+                safe_killpg(pgid, signal.SIGKILL)
         await proc.wait()
         await self._join_reaper()
         self._close_pidfd()
@@ -539,6 +547,25 @@ class Supervised:
         if reaper is not None and not reaper.done() and reaper is not asyncio.current_task():
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
+
+
+async def _group_alive_until(pgid: int, deadline: float) -> bool:
+    """Wait (until ``deadline``, loop time) for a process group to empty; True if it did not.
+
+    Nothing signals "group empty" for processes that are not our children, so this looks
+    every 20 ms; it runs only while a service is being stopped.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        if loop.time() >= deadline:
+            return True
+        await asyncio.sleep(0.02)
 
 
 def _describe_exit(code: int | None) -> str:
