@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from reloadd import __version__
-from reloadd.config import Config, ConfigError, load, summary
+from reloadd.config import Config, ConfigError, load, summary, trust_problems
 
 DEFAULT_CONFIG = "/etc/reloadd.toml"
 
@@ -87,6 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = _load(args.config)
     if config is None:
         return 1
+    if args.check or args.detach:
+        # the foreground daemon refuses these itself (Daemon.run); --check must report
+        # them, and --detach must refuse before it forks away from the terminal
+        problems = trust_problems(config)
+        for problem in problems:
+            print(f"reloadd: refusing this config: {problem}", file=sys.stderr)
+        if problems:
+            return 1
     if args.check:
         for warning in config.warnings:
             print(f"reloadd: warning: {warning}", file=sys.stderr)
