@@ -181,7 +181,11 @@ def table_rows(results: Results) -> list[Row]:
                 ),
             ],
         )
-    for kind, label in (("rewrite", "storm"), ("git", "git checkout")):
+    for kind, label, since in (
+        ("rewrite", "storm", "last write"),
+        ("overflow", "overflow storm", "SIGCONT"),
+        ("git", "git checkout", "git's exit"),
+    ):
         by_subject = results.get("storm", {}).get(kind)
         if not by_subject:
             continue
@@ -191,8 +195,9 @@ def table_rows(results: Results) -> list[Row]:
             by_subject,
             [
                 ("signals", _get("signals"), "signals", False),
-                ("first signal after last write", _get("first_after_last_write_ms"), "ms", False),
-                ("last signal after last write", _get("last_after_last_write_ms"), "ms", False),
+                (f"first signal after {since}", _get("first_after_last_write_ms"), "ms", False),
+                (f"last signal after {since}", _get("last_after_last_write_ms"), "ms", False),
+                ("overflows in its log", _get("log_overflow_mentions"), "", False),
             ],
         )
     for size, by_subject in results.get("startup", {}).items():
@@ -299,15 +304,17 @@ def targets(results: Results) -> list[dict[str, Any]]:
                 f"{default['p50']:.2f} ms vs {best:.2f} ms ({min(peers, key=peers.get)})",  # type: ignore[arg-type]
                 default["p50"] < best,
             )
-    for kind in ("rewrite", "git"):
+    for kind, since in (("rewrite", "last write"), ("overflow", "SIGCONT"), ("git", "git exit")):
         # The storm targets are for the default debounce; at 0 ms nothing asks reloadd to
         # coalesce, so that subject's storm figures are shown in the table only.
         result = results.get("storm", {}).get(kind, {}).get("reloadd", {})
         if "signals" in result:
             late = result["last_after_last_write_ms"]
+            overflows = result.get("log_overflow_mentions")
             add(
                 f"storm {kind}: exactly 1 reload within debounce + 10 ms (30 ms)",
-                f"{result['signals']} signal(s), last {late:.1f} ms after the last write",
+                f"{result['signals']} signal(s), last {late:.1f} ms after {since}"
+                + (f"; {overflows} overflow(s) logged" if overflows else ""),
                 result["signals"] == 1 and late <= 30.0,
             )
     _startup_targets(results.get("startup", {}), add)

@@ -3,6 +3,9 @@
 - ``rewrite``: every file of a tree rewritten with new bytes as fast as one thread can (10,000
   files give more events than the default ``max_queued_events`` of 16,384 can hold while a
   watcher is busy, so the inotify queue overflows);
+- ``overflow``: the same rewrite while the subject is stopped (SIGSTOP, confirmed with
+  waitpid), so its queue overflows for certain; it is continued (SIGCONT) after the last
+  write and times count from then. This is the rescan path: one reload, not zero, not many;
 - ``git``: ``git checkout`` between two commits that differ in every file of a tree.
 
 After the first signal we wait for quiet (longer than reloadd's 2 s ``max_delay``), so a late
@@ -12,10 +15,12 @@ process's exit) to the first and last signal; negative means before it.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from typing import Any
 
-from proc import BenchError, unpreempted_writer
+from proc import BenchError, now_ns, unpreempted_writer
 from session import Ctx, Session
 from subjects import Subject
 from trees import GitRepo, Tree, rewrite_all
@@ -53,6 +58,25 @@ def measure_rewrite(ctx: Ctx, subject: Subject, tree: Tree, quiet: float) -> dic
             first, last = rewrite_all(tree.files)
         _wait_signals(session, mark, quiet)
         return {"files": tree.size, **_result(session, mark, first, last)}
+
+
+def measure_overflow(ctx: Ctx, subject: Subject, tree: Tree, quiet: float) -> dict[str, Any]:
+    with Session(ctx, subject, [tree.root]) as session:
+        session.warm_up(1)
+        mark = len(session.target.hups)
+        pid = session.running.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            os.waitpid(pid, os.WUNTRACED)  # returns once it is stopped (it is our child)
+            with unpreempted_writer():
+                rewrite_all(tree.files)
+        finally:
+            resumed = now_ns()
+            os.kill(pid, signal.SIGCONT)
+        _wait_signals(session, mark, quiet)
+        result = _result(session, mark, resumed, resumed)
+    del result["write_ms"]
+    return {"files": tree.size, **result}
 
 
 def measure_git(ctx: Ctx, subject: Subject, repo: GitRepo, quiet: float) -> dict[str, Any]:
