@@ -68,7 +68,8 @@ def measure_window(
                 "window_s": elapsed,
                 "cpu_s": after.cpu_s - start_stats.cpu_s,
                 "cpu_s_precise": (after.cpu_ns - start_stats.cpu_ns) / 1e9,
-                "core_share": (after.cpu_ns - start_stats.cpu_ns) / 1e9 / elapsed,
+                # utime+stime: it includes threads that exited during the window
+                "core_share": (after.cpu_s - start_stats.cpu_s) / elapsed,
                 "wakeups": after.ctxt_switches - start_stats.ctxt_switches,
                 "signals_during_window": len(session.target.hups) - window_mark,
                 "vm_hwm_kib": after.vm_hwm_kib,

@@ -228,6 +228,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="where to write the JSON results")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument(
+        "--strict", action="store_true", help="exit 1 if any measurement failed (for CI)"
+    )
+    parser.add_argument(
         "--tmpdir", help="where the scratch directory goes (default: /dev/shm, else $TMPDIR)"
     )
     args = parser.parse_args(argv)
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         machine = report.machine_info(workdir)
         results = run_sections(ctx, scale, args.sections, subjects)
         machine["loadavg_end"] = report.loadavg()
-        write_report(args, scale, machine, results, time.monotonic() - started)
+        rows = write_report(args, scale, machine, results, time.monotonic() - started)
     finally:
         stop_all()
         if args.keep:
@@ -268,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log(f"removing {workdir}")
             shutil.rmtree(workdir, ignore_errors=True)
+    errors = [row for row in rows if row[3].startswith("error:")]
+    if errors and args.strict:
+        log(f"--strict: {len(errors)} measurement(s) failed")
+        return 1
     return 0
 
 
@@ -290,7 +297,7 @@ def write_report(
     machine: dict[str, Any],
     results: dict[str, Any],
     elapsed: float,
-) -> None:
+) -> list[report.Row]:
     rows = report.table_rows(results)
     goals = report.targets(results)
     out = args.json or RESULTS_DIR / time.strftime("bench-%Y%m%d-%H%M%S.json")
@@ -315,6 +322,7 @@ def write_report(
     print()
     print(report.targets_markdown(goals))
     print(f"\nJSON: {out}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":
