@@ -7,8 +7,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,43 @@ class FakeSystemd:
         self.sock.setblocking(False)
         with pytest.raises(BlockingIOError):
             self.sock.recv(4096)
+
+
+class FakeClock:
+    """The notifier's clock for the rate limit, set by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingLoop(asyncio.SelectorEventLoop):
+    """A real event loop that also keeps every ``call_later``: the tests read what the
+    notifier scheduled (``timers_of``) instead of timing what it sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._calls: list[tuple[float, object, asyncio.TimerHandle]] = []
+
+    def call_later(self, delay, callback, *args, context=None):  # type: ignore[no-untyped-def]
+        handle = super().call_later(delay, callback, *args, context=context)
+        self._calls.append((delay, callback, handle))
+        return handle
+
+    def timers_of(self, owner: object) -> list[tuple[float, asyncio.TimerHandle]]:
+        """``(delay, handle)`` of every timer armed with a method of ``owner``, in order
+        (not those of ``asyncio.wait_for`` in ``FakeSystemd.arecv``)."""
+        return [(d, h) for d, cb, h in self._calls if getattr(cb, "__self__", None) is owner]
+
+
+def run_on_recording_loop(coro: Coroutine[Any, Any, None]) -> None:
+    loop = RecordingLoop()
+    try:
+        loop.run_until_complete(coro)
+    finally:
+        loop.close()
 
 
 @pytest.fixture
@@ -130,43 +168,60 @@ def test_status_is_sent_only_when_it_changes(systemd: tuple[FakeSystemd, dict[st
 def test_status_is_rate_limited_and_the_latest_line_wins(
     systemd: tuple[FakeSystemd, dict[str, str]],
 ) -> None:
-    """1. 'a' goes out at once; 2. 'b' and 'c' within the interval: only 'c', later."""
+    """1. 'a' goes out at once; 2. 'b' and 'c' within the interval: one timer, armed for
+    what is left of the interval; nothing is sent until it fires; 3. then only 'c'."""
     fake, env = systemd
-    interval = 0.2
+    clock = FakeClock(10.0)
 
     async def run() -> None:
-        notifier = Notifier(env, status_interval=interval)
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, RecordingLoop)
+        notifier = Notifier(env, status_interval=0.25, clock=clock)
         notifier.status("a")
-        sent_a = time.monotonic()
         assert await fake.arecv() == "STATUS=a"
+        assert loop.timers_of(notifier) == []  # sent at once: nothing waits
+        clock.now = 10.125  # half the interval later
         notifier.status("b")
         notifier.status("c")
-        assert await fake.arecv() == "STATUS=c"
-        assert time.monotonic() - sent_a >= interval * 0.9
-        notifier.stopping()
+        # No await since 'b': the loop has not run, so nothing could have fired yet.
+        fake.assert_empty()
+        [(delay, timer)] = loop.timers_of(notifier)  # one timer for both lines
+        assert delay == pytest.approx(0.125)  # the rest of the interval, not all of it
+        assert notifier._status_timer is timer
+        assert await fake.arecv() == "STATUS=c"  # the timer fires and sends the newest
+        assert notifier._status_timer is None
+        notifier.stopping()  # a marker: 'b' was never sent
         assert await fake.arecv() == "STOPPING=1"
+        assert len(loop.timers_of(notifier)) == 1
         notifier.close()
 
-    asyncio.run(run())
+    run_on_recording_loop(run())
 
 
 def test_a_waiting_status_that_returns_to_the_shown_line_is_dropped(
     systemd: tuple[FakeSystemd, dict[str, str]],
 ) -> None:
     fake, env = systemd
+    clock = FakeClock(10.0)
 
     async def run() -> None:
-        notifier = Notifier(env, status_interval=0.05)
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, RecordingLoop)
+        notifier = Notifier(env, status_interval=60.0, clock=clock)
         notifier.status("a")
         assert await fake.arecv() == "STATUS=a"
         notifier.status("b")  # held back by the rate limit ...
+        [(_, timer)] = loop.timers_of(notifier)
         notifier.status("a")  # ... and superseded by what systemd already shows
-        await asyncio.sleep(0.15)  # three intervals: long enough for a stray timer
+        assert timer.cancelled()  # so 'b' can never be sent
+        assert notifier._status_timer is None
+        fake.assert_empty()
         notifier.stopping()
         assert await fake.arecv() == "STOPPING=1"
+        assert len(loop.timers_of(notifier)) == 1  # and no other timer was armed
         notifier.close()
 
-    asyncio.run(run())
+    run_on_recording_loop(run())
 
 
 def test_status_without_a_running_loop_is_sent_at_once(
@@ -180,27 +235,34 @@ def test_status_without_a_running_loop_is_sent_at_once(
     notifier.close()
 
 
-@pytest.mark.slow
 def test_watchdog_pings_at_half_the_period(systemd: tuple[FakeSystemd, dict[str, str]]) -> None:
+    """One ping at once, then one timer at a time, WATCHDOG_USEC / 2 apart; close()
+    cancels the timer that is armed."""
     fake, env = systemd
     env = {**env, "WATCHDOG_USEC": "100000", "WATCHDOG_PID": str(os.getpid())}
 
     async def run() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, RecordingLoop)
         notifier = Notifier(env)
         assert notifier.watchdog_usec == 100000
-        start = time.monotonic()
-        notifier.start_watchdog(asyncio.get_running_loop())
-        notifier.start_watchdog(asyncio.get_running_loop())  # idempotent
-        for _ in range(4):
-            assert await fake.arecv() == "WATCHDOG=1"
-        elapsed = time.monotonic() - start
-        # 4 pings = the immediate one + 3 periods of 50 ms; a second timer would halve that.
-        assert elapsed >= 0.14
-        notifier.close()
-        await asyncio.sleep(0.15)  # three periods: a leaked timer would have pinged
+        notifier.start_watchdog(loop)
+        assert fake.recv() == "WATCHDOG=1"  # the first ping is sent at once
+        notifier.start_watchdog(loop)  # idempotent: no second ping, no second timer
         fake.assert_empty()
+        [(delay, first)] = loop.timers_of(notifier)
+        assert delay == 0.05  # half of 100 ms
+        assert notifier._watchdog_timer is first
+        assert await fake.arecv() == "WATCHDOG=1"  # the timer fired and pinged ...
+        [_, (delay, second)] = loop.timers_of(notifier)  # ... and armed the next one, only that one
+        assert delay == 0.05
+        assert notifier._watchdog_timer is second
+        notifier.close()
+        assert second.cancelled()
+        assert notifier._watchdog_timer is None
+        assert len(loop.timers_of(notifier)) == 2
 
-    asyncio.run(run())
+    run_on_recording_loop(run())
 
 
 @pytest.mark.parametrize(
