@@ -494,7 +494,8 @@ class ControlServer:
             return p.error(exc.id, exc.code, exc.message)
         peer = conn.peer
         if req.cmd in p.MUTATING:
-            what = " ".join([req.cmd, *map(str, req.args.values())])
+            # repr, bounded: a client's argument must not forge a log line of its own
+            what = " ".join([req.cmd, *(repr(v)[:100] for v in req.args.values())])
             denial = self._denial(peer, req.cmd)
             if denial:
                 log.warning("control: denied %s to uid %d pid %d", what, peer.uid, peer.pid)

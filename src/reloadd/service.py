@@ -63,7 +63,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.RELOADING: _REST | {State.VERIFYING, State.FAILED, State.STOPPED},
     State.VERIFYING: _REST | {State.HELD, State.FAILED, State.STOPPED},
     # PAUSED: changes collect; resume returns to rest (a pending batch then fires)
-    State.PAUSED: _REST | {State.FAILED, State.STOPPED},
+    # (a manual restart is allowed while paused; it settles back to PAUSED)
+    State.PAUSED: _REST | {State.RELOADING, State.FAILED, State.STOPPED},
     State.HELD: _REST | _ACTIVE | {State.STOPPED},
     # FAILED: a restart, a (failing) reload attempt, a config change or stopping leaves it
     State.FAILED: _REST | _ACTIVE | {State.STOPPED},
@@ -177,6 +178,8 @@ class Service:
 
     async def command(self, name: str) -> Any:
         """Run a command (reload, restart, pause, resume, stop) inside the service task."""
+        if self._task is not None and self._task.done() and name not in ("stop", "detach"):
+            raise Refused(f"{self.name} is not running: {self.last_error or 'its task ended'}")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._post(_Command(name, future))
         return await future
@@ -211,17 +214,8 @@ class Service:
         timer: asyncio.TimerHandle | None = None
         try:
             while True:
-                while self._inbox:
-                    item = self._inbox.popleft()
-                    if isinstance(item, _Change):
-                        if item.first is not None:  # merged: keep the batch's first time
-                            self.coalescer.add(item.first, [])
-                        if item.paths:
-                            self.coalescer.add(item.at, item.paths)
-                        if item.gone:
-                            self.coalescer.retract(item.gone)
-                    elif await self._do(item):
-                        return
+                if await self._drain():
+                    return
                 self._settle_state()
                 self.coalescer.holding = any(t.holding for t in self.trees)
                 due = None if self.paused else self.coalescer.due_at()
@@ -235,10 +229,37 @@ class Service:
                 if timer is not None:
                     timer.cancel()
                     timer = None
+        except Exception as exc:
+            # A bug must not leave a service that looks alive but never reloads again:
+            # say so loudly, show it in the status, and answer every waiting command.
+            log.critical(
+                "%s: internal error; this service stopped reloading", self.name, exc_info=True
+            )
+            self.last_error = f"internal error, service stopped: {exc!r}"
+            self.state = State.FAILED  # outside the table on purpose: this is the bug path
+            for item in self._inbox:
+                if isinstance(item, _Command) and not item.future.done():
+                    item.future.set_exception(Refused(self.last_error))
+            self._inbox.clear()
         finally:
             if timer is not None:
                 timer.cancel()
             self._close()
+
+    async def _drain(self) -> bool:
+        """Take in every queued change and command; True when the task should end."""
+        while self._inbox:
+            item = self._inbox.popleft()
+            if isinstance(item, _Change):
+                if item.first is not None:  # merged: keep the batch's first time
+                    self.coalescer.add(item.first, [])
+                if item.paths:
+                    self.coalescer.add(item.at, item.paths)
+                if item.gone:
+                    self.coalescer.retract(item.gone)
+            elif await self._do(item):
+                return True
+        return False
 
     def _close(self) -> None:
         for tree in self.trees:
@@ -247,6 +268,8 @@ class Service:
 
     async def _do(self, cmd: _Command) -> bool:
         """Carry out one command; True when the task should end."""
+        if cmd.future.cancelled() and cmd.name not in ("stop", "detach"):
+            return False  # the caller gave up (client gone, timeout): don't act on it
         try:
             if cmd.name == "detach":  # a config change hands the target to a new Service
                 cmd.future.set_result(None)
@@ -333,6 +356,10 @@ class Service:
                 record.action = await self._deliver()
             except DeliveryError as exc:
                 self._fail(record, "delivery-failed", str(exc), exc.result)
+                return record
+            except OSError as exc:  # e.g. /proc hidden (hidepid): reported, never fatal
+                log.exception("%s: unexpected error while reloading", self.name)
+                self._fail(record, "delivery-failed", f"unexpected error: {exc}")
                 return record
             delivered = loop.time()
             if trigger == "change":

@@ -44,6 +44,8 @@ from reloadd.config import ServiceSpec
 log = logging.getLogger("reloadd.target")
 
 OUTPUT_TAIL = 4096  # bytes of a check's / exec's output kept (the tail)
+SYSTEMCTL_TIMEOUT = 15.0  # seconds for systemctl show/kill: systemd answers at once or is stuck
+SYSTEMCTL_RESTART_TIMEOUT = 120.0  # systemctl restart waits for the unit to stop and start
 _DROP_ENV = ("NOTIFY_SOCKET",)
 _DROP_PREFIX = ("LISTEN_", "WATCHDOG_")
 BACKOFF_MAX = 60.0  # seconds: cap on the delay between restarts of a crashing command
@@ -472,6 +474,13 @@ class Supervised:
                 f"is not running ({self.failed or self.last_exit or 'not started'})"
             )
         if scope == "group":
+            # the group id is our child's pid: make sure it is still our child (not a
+            # pid already reaped and recycled) before aiming at the whole group
+            if self.pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(self.pidfd, 0)
+                except ProcessLookupError:
+                    raise DeliveryError(f"pid {pid} has exited") from None
             safe_killpg(pid, sig)
             return f"{sig.name} -> process group {pid}"
         if self.pidfd is not None:
@@ -541,6 +550,13 @@ class Supervised:
         await self._join_reaper()
         self._close_pidfd()
         self.last_exit = _describe_exit(proc.returncode)
+
+    def kill_now(self) -> None:
+        """SIGKILL the whole group at once (a second SIGINT while stopping)."""
+        proc = self.proc
+        if self._stopping and proc is not None and proc.returncode is None:
+            with contextlib.suppress(DeliveryError):
+                safe_killpg(proc.pid, signal.SIGKILL)
 
     async def _join_reaper(self) -> None:
         reaper = self._reaper
@@ -819,6 +835,13 @@ class Pidfile:
                     pgid = os.getpgid(pid)
                 except ProcessLookupError:
                     raise DeliveryError(f"pid {pid} from {self.path} has exited") from None
+                if pgid != pid:
+                    # only the vetted process may choose the group: a process that joined
+                    # someone else's group must not aim root's signal at that group
+                    raise DeliveryError(
+                        f"pid {pid} from {self.path} is not the leader of its process group "
+                        f'({pgid}); scope = "group" needs the pidfile to name the leader'
+                    )
                 safe_killpg(pgid, sig)
                 return f"{sig.name} -> process group {pgid}"
             try:
@@ -838,6 +861,9 @@ class Pidfile:
 
     async def stop(self) -> None:
         return None
+
+    def kill_now(self) -> None:
+        return None  # reloadd does not own a pidfile target's processes
 
 
 class Unit:
@@ -875,30 +901,30 @@ class Unit:
         if not res.ok and "kill-whom" in res.output:  # systemd < 252 spells it --kill-who
             res = await _systemctl("kill", f"--kill-who={whom}", "-s", sig.name, "--", self.unit)
         if not res.ok:
-            raise DeliveryError(
-                f"systemctl kill {self.unit}: {res.output.strip() or res.describe()}"
-            )
+            raise DeliveryError(f"systemctl kill {self.unit}: {_why(res)}")
         await self.refresh()
         return f"{sig.name} -> {self.unit} ({whom})"
 
     async def restart(self) -> str:
-        res = await _systemctl("restart", "--", self.unit)
+        res = await _systemctl("restart", "--", self.unit, timeout=SYSTEMCTL_RESTART_TIMEOUT)
         if not res.ok:
-            raise DeliveryError(
-                f"systemctl restart {self.unit}: {res.output.strip() or res.describe()}"
-            )
+            raise DeliveryError(f"systemctl restart {self.unit}: {_why(res)}")
         await self.refresh()
         return f"restarted {self.unit} (MainPID {self.props.get('MainPID', '?')})"
 
     async def stop(self) -> None:
         return None
 
+    def kill_now(self) -> None:
+        return None  # reloadd does not own a unit's processes
+
 
 def _why(res: RunResult) -> str:
     return res.output.strip() or res.describe()
 
 
-async def _systemctl(*args: str) -> RunResult:
+async def _systemctl(*args: str, timeout: float = SYSTEMCTL_TIMEOUT) -> RunResult:
+    """Run systemctl with a deadline: a hung systemd must not hang reloads or shutdown."""
     argv = ("systemctl", *args)
     prepare_signals()
     try:
@@ -910,7 +936,15 @@ async def _systemctl(*args: str) -> RunResult:
         )
     except OSError as exc:
         return RunResult(argv, None, "", error=_os_error(exc))
-    out, _ = await proc.communicate()
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return RunResult(argv, None, "", timed_out=True)
     return RunResult(argv, proc.returncode, out.decode("utf-8", "replace")[-OUTPUT_TAIL:])
 
 

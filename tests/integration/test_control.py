@@ -764,7 +764,7 @@ def test_status_fields_after_real_reloads(
     assert checked["last_reload"]["result"] == "check-failed"
     assert checked["last_error"].startswith("check failed:")
     assert "syntax error" in checked["last_error"]
-    r.wait_log(f"control: reload checked (uid 0, pid {os.getpid()})")
+    r.wait_log(f"control: reload 'checked' (uid 0, pid {os.getpid()})")
 
 
 @pytest.mark.slow
@@ -840,7 +840,7 @@ def test_socket_group_members_may_change(
     code, out, err = reloadctl_as(nobody, NOGROUP, (), "--socket", str(sock), "reload", "app")
     assert code == 1
     assert f"needs root or members of group '{name}' (gid {gid}); you are uid {nobody}" in err
-    r.wait_log(f"control: denied reload app to uid {nobody}")
+    r.wait_log(f"control: denied reload 'app' to uid {nobody}")
     assert rec.count() == 0
 
     code, out, err = reloadctl_as(nobody, NOGROUP, (gid,), "--socket", str(sock), "reload", "app")
@@ -851,7 +851,7 @@ def test_socket_group_members_may_change(
     code, out, err = reloadctl_as(nobody, gid, (), "--socket", str(sock), "reload", "app")
     assert code == 0, err
     rec.wait_count(2)
-    r.wait_log(f"control: reload app (uid {nobody}, pid ")
+    r.wait_log(f"control: reload 'app' (uid {nobody}, pid ")
 
 
 @pytest.mark.slow
