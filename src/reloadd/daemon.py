@@ -125,9 +125,9 @@ class Daemon:
             for warning in self.config.warnings:
                 log.warning("%s", warning)
             self.ready.set()
+            self._update_status()  # so READY=1 carries STATUS= in the same datagram
             self.notifier.ready()
             self.notifier.start_watchdog(loop)
-            self._update_status()
             log.info(
                 "reloadd %s ready: %d services, %d watches (config %s)",
                 __version__,
@@ -138,9 +138,12 @@ class Daemon:
             await self._stop.wait()
             log.info("shutting down")
             await self.control.close()  # first: no command may start while services stop
+            self._unwatch_config()  # and no config edit may start or change a service
             self.notifier.stopping()
-            if self._reloading is not None:
-                self._reloading.cancel()
+            if self._reloading is not None and not self._reloading.done():
+                # let a re-read in progress finish: cancelled half-way it could leave a
+                # process that belongs to no service, and so is never stopped
+                await asyncio.shield(self._reloading)
             await self._stop_services(list(self.services.values()))
             return 0
         finally:
@@ -148,20 +151,27 @@ class Daemon:
                 await self.control.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            if self._config_timer is not None:
-                self._config_timer.cancel()
-            for tree in self._config_trees:
-                tree.close()
+            self._unwatch_config()
             self.notifier.close()
             self.hub.close()
 
     def shutdown(self) -> None:
         self._stop.set()
 
+    def _unwatch_config(self) -> None:
+        if self._config_timer is not None:
+            self._config_timer.cancel()
+            self._config_timer = None
+        for tree in self._config_trees:
+            tree.close()
+        self._config_trees = []
+
     def _on_sigint(self) -> None:
         if self._stop.is_set():
             log.warning("second SIGINT: stopping supervised commands with SIGKILL")
             self._force = True
+            for svc in self.services.values():
+                svc.target.kill_now()
         self._stop.set()
 
     def _on_sighup(self) -> None:
@@ -195,7 +205,8 @@ class Daemon:
         return svc
 
     def _launch(self, svc: Service) -> Service:
-        svc.start()
+        task = svc.start()
+        task.add_done_callback(lambda _: self._update_status())  # e.g. it died of a bug
         self.services[svc.name] = svc
         return svc
 
@@ -223,6 +234,8 @@ class Daemon:
 
     async def reload_config(self) -> tuple[bool, str]:
         """Re-read and apply the config; (applied, message). Concurrent calls coalesce."""
+        if self._stop.is_set():
+            return False, "reloadd is shutting down; the config was not re-read"
         if self._reloading is not None and not self._reloading.done():
             self._reload_again = True
             return await asyncio.shield(self._reloading)
