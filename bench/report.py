@@ -266,6 +266,63 @@ def _growth_rows(startup: dict[str, dict[str, dict[str, Any]]]) -> list[Row]:
     return rows
 
 
+def summary_markdown(results: Results) -> str:
+    """One row per subject, the headline figures: the table for the README."""
+    storm = results.get("storm", {})
+    startup = results.get("startup", {})
+    sizes = sorted(startup, key=int)
+    names: list[str] = []
+    for section in (results.get("latency", {}), *storm.values(), *startup.values()):
+        names += [name for name in section if name not in names]
+
+    def cell(result: dict[str, Any] | None, fmt: Callable[[dict[str, Any]], str]) -> str:
+        if not result:
+            return ""
+        if "skipped" in result:
+            return "skipped"
+        if "error" in result:
+            return "error"
+        return fmt(result)
+
+    def storm_cell(kind: str, name: str) -> str:
+        return cell(
+            storm.get(kind, {}).get(name),
+            lambda r: f"{r['signals']} / {r['last_after_last_write_ms']:.0f} ms",
+        )
+
+    header = [
+        "subject",
+        "latency p50 / p99",
+        "storm: signals / last",
+        "overflow: signals / last",
+        "git checkout: signals / last",
+        *(f"ready {int(size) // 1000}k" for size in sizes),
+        *(f"RSS {int(size) // 1000}k" for size in sizes[len(sizes) // 2 :][:1]),
+        "idle CPU / 30 s",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    idle = results.get("idle", {})
+    for name in names:
+        row = [
+            name,
+            cell(
+                results.get("latency", {}).get(name),
+                lambda r: f"{r['p50']:.2f} / {r['p99']:.2f} ms" if "p50" in r else "",
+            ),
+            storm_cell("rewrite", name),
+            storm_cell("overflow", name),
+            storm_cell("git", name),
+            *(cell(startup[size].get(name), lambda r: f"{r['ready_ms']:.0f} ms") for size in sizes),
+            *(
+                cell(startup[size].get(name), lambda r: f"{r['rss_mib']:.1f} MiB")
+                for size in sizes[len(sizes) // 2 :][:1]
+            ),
+            cell(idle.get(name), lambda r: f"{r['cpu_s'] * 30 / r['window_s']:.2f} s"),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[Row]) -> str:
     header = ("section", "subject", "metric", "value", "x floor")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -358,6 +415,17 @@ def _startup_targets(
             all(ratio <= 1.5 for _, ratio in ratios),
         )
     sizes = sorted(startup, key=int)
+    per_dir = []
+    for small, large in itertools.pairwise(sizes):
+        a, b = startup[small].get("reloadd", {}), startup[large].get("reloadd", {})
+        if a.get("ready_ms") is not None and b.get("ready_ms") is not None:
+            per_dir.append((b["ready_ms"] - a["ready_ms"]) * 1000 / max(1, b["dirs"] - a["dirs"]))
+    if len(per_dir) >= 2 and min(per_dir) > 0:
+        add(
+            "start-up: growth linear in directories (inotify)",
+            " then ".join(f"{us:.0f} µs/dir" for us in per_dir),
+            max(per_dir) / min(per_dir) <= 1.5,
+        )
     middle = sizes[len(sizes) // 2] if sizes else None
     rss = startup.get(middle, {}).get("reloadd", {}).get("rss_mib") if middle else None
     if rss is not None and middle is not None:
@@ -382,10 +450,13 @@ def machine_line(machine: dict[str, Any]) -> str:
     )
 
 
-if __name__ == "__main__":  # pragma: no cover - print the table of a saved JSON file
+if __name__ == "__main__":  # print the table of a saved JSON file (recomputed from its results)
     import json
 
     saved = json.loads(Path(sys.argv[1]).read_text())
-    print(markdown([tuple(row) for row in saved["table"]]))  # type: ignore[misc]
+    print(f"Machine: {machine_line(saved['machine'])}\n")
+    print(summary_markdown(saved["results"]))
     print()
-    print(targets_markdown(saved["targets"]))
+    print(markdown(table_rows(saved["results"])))
+    print()
+    print(targets_markdown(targets(saved["results"])))

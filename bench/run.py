@@ -318,6 +318,8 @@ def write_report(
     )
     print(f"Machine: {report.machine_line(machine)}")
     print(f"Mode: {'smoke' if args.smoke else 'full'}, {elapsed:.0f} s\n")
+    print(report.summary_markdown(results))
+    print()
     print(report.markdown(rows))
     print()
     print(report.targets_markdown(goals))
