@@ -738,11 +738,49 @@ def _syntax_hint(text: str, line: int | None) -> str:
     return ""
 
 
+class _NotRegular(Exception):
+    """A config path names something other than a regular file (args[0]: what it is)."""
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return f"file type 0o{stat.S_IFMT(mode):o}"
+
+
+def _read_regular(path: str) -> bytes:
+    """Up to MAX_FILE_SIZE + 1 bytes of the regular file ``path`` (symlinks followed).
+
+    Opened with O_NONBLOCK, so a FIFO (or a device) at the path cannot block the open
+    until a writer appears, then fstat'ed: anything but a regular file is refused with
+    ``_NotRegular`` before a byte is read (O_NONBLOCK does not affect regular files).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _NotRegular(_file_kind(mode))
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(MAX_FILE_SIZE + 1)
+    finally:
+        os.close(fd)
+
+
 def _read_toml(path: str, out: _Collector) -> dict[str, Any] | None:
     """The parsed document, or None after recording why it cannot be had."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_SIZE + 1)
+        data = _read_regular(path)
+    except _NotRegular as e:
+        what = e.args[0]
+        out.add(path, None, f"the config path is not a regular file ({what}); is it the right one?")
+        return None
     except OSError as e:
         reason = e.strerror or str(e)
         hint = ""
@@ -914,7 +952,18 @@ def _dropin_files(directory: str, main: str, out: _Collector) -> list[str]:
     files = []
     for name in sorted(names):
         full = os.path.join(directory, name)
-        if name.startswith(".") or not name.endswith(".toml") or os.path.isdir(full):
+        if name.startswith(".") or not name.endswith(".toml"):
+            continue
+        try:
+            mode = os.stat(full).st_mode  # a symlink to a regular file is one
+        except OSError:
+            files.append(full)  # a dangling link, a race: reading it reports why
+            continue
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            # a FIFO would block the read until a writer appears; a device, forever
+            out.warnings.append(f"{full} is not a regular file ({_file_kind(mode)}); skipped")
             continue
         files.append(full)
     return files

@@ -252,11 +252,13 @@ class Daemon:
     async def _reload_once(self) -> tuple[bool, str]:
         self.notifier.reloading()
         try:
+            # Reading the files and checking their owners are blocking file-system calls
+            # (a large drop-in dir, a slow mount): they run off the loop.
             try:
-                new = load(self.config.path)
+                new = await asyncio.to_thread(load, self.config.path)
             except ConfigError as exc:
                 return self._reject(str(exc))
-            problems = trust_problems(new)
+            problems = await asyncio.to_thread(trust_problems, new)
             if problems:
                 return self._reject("\n".join([*problems, _TRUST_HINT]))
             try:

@@ -8,11 +8,12 @@ come after it, never by waiting and hoping.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,14 +287,22 @@ def test_bad_config_keeps_services_and_shows_error(
 # --------------------------------------------------------------------------- races, bursts
 
 
-def _open_writer(fifo: Path) -> int | None:
-    """A write end of ``fifo`` once someone holds the read end open, else None."""
-    try:
-        return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            return None
-        raise
+def _stopped(pid: int) -> bool:
+    """Every thread of ``pid`` is stopped (SIGSTOP has taken effect everywhere)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            state = (task / "stat").read_text().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            continue  # a thread that ended
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
+def _after_last(messages: list[str], field_: str) -> list[str]:
+    """The notify datagrams after the last one carrying ``field_`` (all if none)."""
+    marks = [i for i, m in enumerate(messages) if field_ in m.split("\n")]
+    return messages[marks[-1] + 1 :] if marks else messages
 
 
 @pytest.mark.parametrize(
@@ -311,27 +320,43 @@ def test_write_during_reread_still_reloads(
     make_app,
     tmp_path: Path,
 ) -> None:
-    """A drop-in that is a FIFO holds the re-read open at a known point: the daemon is
-    mid-read while the test writes to the watched directory of a service the new config
-    changes (so it is rebuilt, keeping its watches or arming new ones). That write must
-    still earn its reload, on the same pid."""
+    """A write made while the daemon is inside a re-read of a config that changes the
+    service (so it is rebuilt, keeping its watches or arming new ones) still earns its
+    reload, on the same pid.
+
+    "Inside the re-read" is made certain, not likely: the daemon is frozen with SIGSTOP
+    (every thread, checked in /proc) after it sent RELOADING=1 and before the READY=1
+    that ends the re-read (checked on the notify socket once it is frozen), the write is
+    made, then SIGCONT. Thousands of comment-only drop-ins make the re-read long enough
+    for the freeze to land in it. (A FIFO drop-in used to hold the read open; drop-ins
+    that are not regular files are skipped now, and the read runs in a worker thread.)"""
     a = make_app("a")
     head += "watch_config = false\n"
     r = start_reloadd(head + a.toml(**before))
     pid = a.pid()
     dropins = tmp_path / "reloadd.d"
     dropins.mkdir()
-    fifo = dropins / "50-slow.toml"
-    os.mkfifo(fifo)
+    for i in range(5000):
+        (dropins / f"pad-{i:04}.toml").write_text("# nothing but a comment\n")
+    seen = len(r.read_notify())
     save(r.config, head + a.toml(**after))
     r.proc.send_signal(signal.SIGHUP)
-    fd = wait_for(lambda: _open_writer(fifo), what="reloadd to open the FIFO drop-in")
-    assert isinstance(fd, int)
+    wait_for(
+        lambda: any("RELOADING=1" in m.split("\n") for m in r.read_notify()[seen:]),
+        what="RELOADING=1",
+        detail=r.log,
+    )
+    os.kill(r.proc.pid, signal.SIGSTOP)
     try:
-        a.write()  # reloadd is inside the re-read right now
+        wait_for(lambda: _stopped(r.proc.pid), what="reloadd to stop")
+        late = _after_last(r.read_notify()[seen:], "RELOADING=1")
+        assert not any("READY=1" in m.split("\n") for m in late), (
+            "the re-read ended before reloadd was frozen; the write would not land in it",
+            late,
+        )
+        a.write()  # reloadd is frozen inside the re-read right now
     finally:
-        os.write(fd, b"# a drop-in that took its time\n")
-        os.close(fd)
+        os.kill(r.proc.pid, signal.SIGCONT)
     wait_config_reloads(r, 1, "0 added, 1 changed, 0 removed")
     a.rec.wait_count(1)
     assert a.rec.lines() == [("READY", pid), ("SIGHUP", pid)]
@@ -384,6 +409,40 @@ def test_sighup_rereads(head: str, start_reloadd: Start, make_app) -> None:
     b.pid()
     wait_config_reloads(r, 1, "1 added, 0 changed, 0 removed")
     assert "re-reading it" not in r.log()  # the file watch was off
+
+
+def test_fifo_dropin_is_skipped(head: str, start_reloadd: Start, make_app, tmp_path: Path) -> None:
+    """A FIFO named *.toml in the drop-in dir (nobody ever writes to it) neither blocks
+    the re-read nor fails it: it is skipped with a warning, and a drop-in saved beside it
+    adds its service, which then reloads."""
+    a, b = make_app("a"), make_app("b")
+    r = start_reloadd(head + a.toml())
+    a.pid()
+    dropins = tmp_path / "reloadd.d"
+    dropins.mkdir()
+    os.mkfifo(dropins / "10-fifo.toml")
+    save(dropins / "20-b.toml", b.toml())
+    pid_b = b.pid()
+    wait_config_reloads(r, 1, "1 added, 0 changed, 0 removed")
+    assert f"{dropins / '10-fifo.toml'} is not a regular file (a FIFO); skipped" in r.log()
+    b.write()
+    b.rec.wait_count(1)
+    assert b.rec.signals() == [pid_b]
+
+
+def test_config_file_that_is_a_fifo_is_a_clear_error(tmp_path: Path) -> None:
+    """``-c`` naming a FIFO: refused at once with a clear error, not a hang."""
+    fifo = tmp_path / "reloadd.toml"
+    os.mkfifo(fifo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "reloadd", "--check", "-c", str(fifo)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1, proc
+    assert f"{fifo}: the config path is not a regular file (a FIFO)" in proc.stderr
 
 
 def test_watch_config_and_include_apply_at_reread(

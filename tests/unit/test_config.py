@@ -410,7 +410,7 @@ def test_missing_file(tmp_path):
 
 
 def test_directory_instead_of_file(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match=r"not a regular file \(a directory\)"):
         load(tmp_path)
 
 
@@ -789,6 +789,44 @@ def test_dropins_load_in_lexical_order_after_main(tmp_path):
         str(tmp_path / "reloadd.d" / "20-b.toml"),
         str(tmp_path / "reloadd.d" / "30-c.toml"),
     )
+
+
+def test_dropins_that_are_not_regular_files_are_skipped(tmp_path):
+    """A FIFO named *.toml would block the read until a writer appears (a device, for
+    ever): skipped with a warning; a symlink to a regular file is read like one."""
+    dropins = tmp_path / "reloadd.d"
+    write(tmp_path / "elsewhere" / "real.toml", '[services.b]\nwatch = ["/b"]\nunit = "b"\n')
+    dropins.mkdir()
+    os.mkfifo(dropins / "10-fifo.toml")
+    (dropins / "20-link.toml").symlink_to(tmp_path / "elsewhere" / "real.toml")
+    (dropins / "30-dev.toml").symlink_to("/dev/zero")
+    cfg = load_text(tmp_path, MINIMAL)
+    assert [s.name for s in cfg.services] == ["api", "b"]
+    assert cfg.files == (str(tmp_path / "reloadd.toml"), str(dropins / "20-link.toml"))
+    assert [w for w in cfg.warnings if "regular" in w] == [
+        f"{dropins / '10-fifo.toml'} is not a regular file (a FIFO); skipped",
+        f"{dropins / '30-dev.toml'} is not a regular file (a character device); skipped",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "fifo-link", "device"])
+def test_config_file_that_is_not_regular_is_a_clear_error(tmp_path, kind):
+    """Named directly, a FIFO is refused at once (opened O_NONBLOCK, then fstat'ed), not
+    read: no hang waiting for a writer."""
+    path = tmp_path / "reloadd.toml"
+    if kind == "device":
+        path.symlink_to("/dev/null")
+    elif kind == "fifo-link":
+        os.mkfifo(tmp_path / "fifo")
+        path.symlink_to(tmp_path / "fifo")
+    else:
+        os.mkfifo(path)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    (problem,) = info.value.problems
+    what = "a character device" if kind == "device" else "a FIFO"
+    assert problem.file == str(path)
+    assert f"is not a regular file ({what})" in problem.message
 
 
 def test_dropin_gets_defaults_from_main(tmp_path):
