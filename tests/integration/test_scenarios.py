@@ -612,12 +612,14 @@ def test_symlink_loop(scenario: Start, backend: str, app: Path) -> None:
 # --------------------------------------------------------------------------- holds
 
 
-def with_clock(tmp_path: Path) -> tuple[Path, str]:
+def with_clock(tmp_path: Path, backend: str | None = None) -> tuple[Path, str]:
     """A second service ``clock`` with the same debounce, watching its own directory.
 
     Its reload is the positive fact that a debounce has passed: a change written to
     ``clock/`` *after* a change to the app settles later than the app's would have, so
     when ``clock`` has reloaded and the app has not, the app's batch is being held.
+    ``backend`` gives the clock the app's backend (and, for poll, the scenario's
+    poll_interval), so that its changes take as long to be seen as the app's.
     """
     clock = tmp_path / "clock"
     clock.mkdir()
@@ -627,7 +629,16 @@ def with_clock(tmp_path: Path) -> tuple[Path, str]:
         f"command = {toml_value(recorder_command(tmp_path / 'clock.log'))}\n"
         'debounce = "300ms"\n'
     )
+    if backend is not None:
+        text += f"backend = {toml_value(backend)}\n"
+        if backend == "poll":
+            text += 'poll_interval = "100ms"\n'
     return clock, text
+
+
+# The bound of the two "bounded by max_delay" tests: longer than two clock reloads take
+# on a loaded machine (the hold is proven first), short enough to wait for.
+HOLD_BOUND = "4s"
 
 
 def debounce_passed(s: Scenario, clock: Path, n: int) -> None:
@@ -658,15 +669,23 @@ def test_half_written_file_is_held(scenario: Start, app: Path, tmp_path: Path) -
     assert line.paths == (str(upload),)
 
 
-def test_open_file_hold_bounded_by_max_delay(scenario: Start, app: Path) -> None:
-    """1. a file is left open after a write: one SIGHUP anyway once ``max_delay`` has
-    passed; 2. it is closed (complete now): one more, for the finished file."""
-    s = scenario(app, backend="inotify", max_delay="1s")
+def test_open_file_hold_bounded_by_max_delay(scenario: Start, app: Path, tmp_path: Path) -> None:
+    """1. a file is left open after a write: no reload after two debounces (the hold
+    works); 2. still open, it reloads anyway once ``max_delay`` has passed; 3. it is
+    closed (complete now): one more, for the finished file."""
+    clock, clock_toml = with_clock(tmp_path)
+    s = scenario(app, backend="inotify", max_delay=HOLD_BOUND, extra_toml=clock_toml)
     stuck = app / "stuck.txt"
     with open(stuck, "wb") as f:
         f.write(b"partial")
         f.flush()
-        [line] = s.wait_reloads(1)
+        # two ticks: the second is written after the first has reloaded, so it settles
+        # well after an unheld reload of the app would have been logged
+        debounce_passed(s, clock, 1)
+        debounce_passed(s, clock, 2)
+        assert s.reloads() == [], s.reloadd.log()
+        assert s.recording.count() == 0
+        [line] = s.wait_reloads(1)  # the file is still open: only max_delay fired it
         assert line.paths == (str(stuck),)
     lines = s.wait_reloads(2)
     assert lines[1].paths == (str(stuck),)
@@ -691,13 +710,22 @@ def test_git_index_lock_holds(scenario: Start, backend: str, app: Path, tmp_path
     assert set(line.paths) == {str(app / "app.py"), str(app / "pkg" / "models.py")}
 
 
-def test_git_index_lock_bounded_by_max_delay(scenario: Start, backend: str, app: Path) -> None:
-    """A stale ``.git/index.lock`` delays a change by ``max_delay`` at most."""
-    write(app / ".git" / "index.lock", "")  # present before start: found by the walk
-    s = scenario(app, backend=backend, max_delay="1s")
+def test_git_index_lock_bounded_by_max_delay(
+    scenario: Start, backend: str, app: Path, tmp_path: Path
+) -> None:
+    """A stale ``.git/index.lock`` delays a change by ``max_delay`` at most: no reload
+    after two debounces (the lock holds it), then one while the lock is still there."""
+    lock = write(app / ".git" / "index.lock", "")  # present before start: found by the walk
+    clock, clock_toml = with_clock(tmp_path, backend)
+    s = scenario(app, backend=backend, max_delay=HOLD_BOUND, extra_toml=clock_toml)
     write(app / "app.py", "version = 2\n")
-    [line] = s.wait_reloads(1)
+    debounce_passed(s, clock, 1)
+    debounce_passed(s, clock, 2)
+    assert s.reloads() == [], s.reloadd.log()
+    assert s.recording.count() == 0
+    [line] = s.wait_reloads(1)  # the lock was never removed: only max_delay fired it
     assert line.paths == (str(app / "app.py"),)
+    assert lock.exists()
 
 
 # --------------------------------------------------------------------------- overflow
