@@ -65,6 +65,8 @@ from decimal import Decimal, InvalidOperation
 from signal import Signals
 from typing import Any, cast
 
+from reloadd import trust
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -1243,11 +1245,12 @@ INSECURE_CONFIG_ENV = "RELOADD_INSECURE_CONFIG"
 def check_trusted(path: str | os.PathLike[str]) -> str | None:
     """Why a user other than root could change ``path``, or None when only root can.
 
-    The rule is sshd's StrictModes: the file and every directory above it must be owned by
-    root and not writable by group or others; a root-owned sticky directory (``/tmp``) is
-    fine, since others cannot replace what root put there. A symlink on the way must be
-    root's too, and the chain of what it points to is checked as well. A path that does
-    not exist is not a problem here (reading it is).
+    The rule is ``trust.writers``' (sshd's StrictModes, with systemd's reading of group
+    root): the file and every directory above it must be owned by root and not writable by
+    others or by a group other than root's; a root-owned sticky directory above it
+    (``/tmp``) is fine, since others cannot replace what root put there. A symlink on the
+    way must be root's too, and the chain of what it points to is checked as well. A path
+    that does not exist is judged by the directory it would be created in.
 
     Example:
         >>> check_trusted("/etc/passwd") is None  # doctest: +SKIP
@@ -1256,55 +1259,25 @@ def check_trusted(path: str | os.PathLike[str]) -> str | None:
         '/tmp/reloadd.toml has mode 0646: others can write it (fix: chmod go-w /tmp/reloadd.toml)'
     """
     named = os.path.abspath(os.fspath(path))
-    real = os.path.realpath(named)
-    chains = [(named, os.lstat)] + ([(real, os.stat)] if real != named else [])
-    for top, stat_fn in chains:
-        for here in _ancestry(top):
-            try:
-                st = stat_fn(here)
-            except FileNotFoundError:
-                continue
-            except OSError as e:
-                return f"{named}: cannot check {here}: {e.strerror or e}"
-            why = _untrusted(here, st)
-            if why is not None:
-                if here == named:
-                    return f"{named} {why}"
-                kind = "directory" if stat.S_ISDIR(st.st_mode) else "file"
-                kind = "symlink" if stat.S_ISLNK(st.st_mode) else kind
-                return f"{named}: {kind} {here} {why}"
+    found = trust.writers(named)
+    if found.entries:
+        entry = found.entries[0]
+        if entry.user is not None:
+            owner = trust.user_name(entry.user)
+            why = f"is owned by {owner}, not root (fix: chown root {entry.path})"
+        else:
+            who = {0o020: "its group", 0o002: "others", 0o022: "its group and others"}
+            why = (
+                f"has mode {entry.mode:04o}: {who[entry.mode & 0o022]} can write it "
+                f"(fix: chmod go-w {entry.path})"
+            )
+        if entry.path == named:
+            return f"{named} {why}"
+        return f"{named}: {entry.kind} {entry.path} {why}"
+    if found.errors:
+        here, error = found.errors[0]
+        return f"{named}: cannot check {here}: {error}"
     return None
-
-
-def _ancestry(path: str) -> list[str]:
-    """``path`` and every directory above it, up to ``/``."""
-    out = [path]
-    while True:
-        parent = os.path.dirname(path)
-        if parent == path:
-            return out
-        out.append(parent)
-        path = parent
-
-
-def _untrusted(path: str, st: os.stat_result) -> str | None:
-    """What lets a non-root user change ``path`` (as "is owned by ..."), or None."""
-    mode = stat.S_IMODE(st.st_mode)
-    if st.st_uid != 0:
-        return f"is owned by {_user_name(st.st_uid)}, not root (fix: chown root {path})"
-    if stat.S_ISLNK(st.st_mode) or not mode & 0o022:
-        return None
-    if stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX:
-        return None  # root-owned and sticky, like /tmp: others cannot replace root's files
-    who = {0o020: "its group", 0o002: "others", 0o022: "its group and others"}[mode & 0o022]
-    return f"has mode {mode:04o}: {who} can write it (fix: chmod go-w {path})"
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except KeyError:
-        return f"uid {uid}"
 
 
 def trust_problems(
@@ -1340,12 +1313,13 @@ def root_over_writable_tree(spec: ServiceSpec, *, euid: int | None = None) -> st
     DESIGN.md: running as root, reloadd never runs a ``command``, ``check`` or ``exec`` as
     root over a tree that a non-root user can write, unless the service names ``user``
     explicitly (``user = "root"`` when that is really meant). A tree is writable by others
-    when its root or anything in it (directories, files, symlinks; symlinks are not
-    followed) is owned by a non-root user or writable by a group other than root's or by
-    everyone (sticky or not: new files can still be added), or when a directory above it
-    is owned by a non-root user or writable by others without being a root-owned sticky
-    directory such as /tmp. A watch path that does not exist yet is judged by the nearest
-    directory that does (whoever can write there can create it). None when it is safe.
+    when ``trust.writers`` finds someone besides root who could change its root (owners,
+    group write except root's group, write by everyone, of it and every directory above
+    it; symlinks on the way followed; a root-owned sticky directory above it, such as
+    /tmp, is fine; a watch path that does not exist yet is judged by the nearest directory
+    that does), or when anything in it (directories, files, symlinks; symlinks inside are
+    not followed) is owned by a non-root user or writable by a group other than root's or
+    by everyone (sticky or not: new files can still be added). None when it is safe.
 
     Example:
         >>> root_over_writable_tree(spec)  # doctest: +SKIP
@@ -1368,67 +1342,25 @@ def root_over_writable_tree(spec: ServiceSpec, *, euid: int | None = None) -> st
 
 
 def _tree_writer(path: str) -> str | None:
-    literal = os.path.abspath(path)
-    real = os.path.realpath(literal)
-    top = real
-    while not os.path.lexists(top) and os.path.dirname(top) != top:
-        top = os.path.dirname(top)  # a path that does not exist yet: who can create it?
-    for start in (literal, real):
-        for above in _dirs_above(start):
-            why = _entry_writer(above, os.stat, sticky_ok=True)
-            if why is not None:
-                return why
-    why = _entry_writer(top, os.stat, sticky_ok=False)
-    if why is not None or top != real or not os.path.isdir(real):
-        return why
+    """The first entry of the tree at ``path``, or on the way to it, that a non-root user
+    could change (described), or None."""
+    found = trust.writers(path)
+    if found.entries:
+        return found.entries[0].describe()
+    real = os.path.realpath(path)
+    if not os.path.isdir(real):
+        return None  # a file, or not there yet (then judged by who can create it, above)
     for dirpath, dirnames, filenames in os.walk(real, onerror=None, followlinks=False):
         for name in (*dirnames, *filenames):
-            why = _entry_writer(os.path.join(dirpath, name), os.lstat, sticky_ok=False)
-            if why is not None:
-                return why
+            entry_path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(entry_path)
+            except OSError:
+                continue  # vanished meanwhile: nothing to judge
+            kind = stat.S_IFMT(st.st_mode)
+            if kind not in (stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK):
+                continue  # sockets, fifos, devices: no code is loaded from them
+            entry = trust.judge(entry_path, st)  # as the end: sticky or not, files can be added
+            if entry is not None:
+                return entry.describe()
     return None
-
-
-def _entry_writer(
-    path: str, stat_fn: Callable[[str], os.stat_result], *, sticky_ok: bool
-) -> str | None:
-    """ "<path> is owned by ..." / "<path> is writable by ..." when a non-root user can."""
-    try:
-        st = stat_fn(path)
-    except OSError:
-        return None  # vanished meanwhile, or a dangling symlink above: nothing to judge
-    kind = st.st_mode
-    if not (stat.S_ISDIR(kind) or stat.S_ISREG(kind) or stat.S_ISLNK(kind)):
-        return None  # sockets, fifos, devices: no code is loaded from them
-    mode = stat.S_IMODE(kind)
-    if st.st_uid != 0:
-        return f"{path} is owned by {_uid_name(st.st_uid)} (mode {mode:04o})"
-    if stat.S_ISLNK(kind):
-        return None
-    if sticky_ok and stat.S_ISDIR(kind) and mode & stat.S_ISVTX:
-        return None  # root-owned and sticky (/tmp): others cannot replace root's entries
-    if mode & stat.S_IWOTH:
-        return f"{path} is writable by everyone (owner root, mode {mode:04o})"
-    if mode & stat.S_IWGRP and st.st_gid != 0:
-        try:
-            group = f"{grp.getgrgid(st.st_gid).gr_name} (gid {st.st_gid})"
-        except KeyError:
-            group = f"gid {st.st_gid}"
-        return f"{path} is writable by group {group} (owner root, mode {mode:04o})"
-    return None
-
-
-def _dirs_above(path: str) -> list[str]:
-    """The directories above ``path``, nearest first, up to ``/``."""
-    out = []
-    while os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-        out.append(path)
-    return out
-
-
-def _uid_name(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"

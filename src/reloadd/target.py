@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import pwd
@@ -39,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from reloadd import trust
 from reloadd.config import ServiceSpec
 
 log = logging.getLogger("reloadd.target")
@@ -623,89 +625,15 @@ def parse_pid(raw: bytes, path: str) -> int:
     return pid
 
 
-def _is_unsafe_dir(st: os.stat_result) -> str:
-    """Why a directory lets a non-root user replace what is in it ("" if it does not)."""
-    if st.st_uid != 0:
-        return f"owned by {_user_name(st.st_uid)}"
-    mode = st.st_mode
-    if mode & stat.S_ISVTX:
-        return ""  # root-owned sticky (/tmp): others cannot replace root's entries
-    if mode & stat.S_IWOTH:
-        return f"writable by everyone (mode {stat.S_IMODE(mode):04o})"
-    if mode & stat.S_IWGRP and st.st_gid != 0:
-        return f"writable by group {_group_name(st.st_gid)} (mode {stat.S_IMODE(mode):04o})"
-    return ""
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _group_name(gid: int) -> str:
-    import grp
-
-    try:
-        return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
-    except KeyError:
-        return f"gid {gid}"
-
-
-@dataclass(frozen=True)
-class Writers:
-    """Who besides root could have written a file: owners, or "anyone" (open_by)."""
-
-    uids: frozenset[int]  # non-root owners of the file or of a directory on its path
-    open_by: str  # "" or the first entry writable by a group/everyone: "/run/x: writable by ..."
-
-    @property
-    def root_only(self) -> bool:
-        return not self.uids and not self.open_by
-
-
-def path_writers(path: str, file_stat: os.stat_result | None = None) -> Writers:
-    """Who could have written ``path`` (systemd's PIDFile= notion of an unsafe pidfile).
-
-    The file itself and every directory on its path count: the directories of the path as
-    written (each one resolved, so a symlinked directory is judged by its target) and of
-    its fully resolved form (a symlink planted in a user's directory is caught by the
-    former, the file it points to by the latter).
-    """
-    uids: set[int] = set()
-    open_by = ""
-    dirs: list[str] = []
-    for p in (os.path.abspath(path), os.path.realpath(path)):
-        d = os.path.dirname(p)
-        while True:
-            if d not in dirs:
-                dirs.append(d)
-            parent = os.path.dirname(d)
-            if parent == d:
-                break
-            d = parent
-    for d in dirs:
-        try:
-            st = os.stat(d)
-        except OSError:
-            continue
-        if st.st_uid != 0:
-            uids.add(st.st_uid)
-        why = _is_unsafe_dir(st)
-        if why and st.st_uid == 0 and not open_by:
-            open_by = f"directory {d} is {why}"
-    if file_stat is not None:
-        if file_stat.st_uid != 0:
-            uids.add(file_stat.st_uid)
-        mode = file_stat.st_mode
-        if not open_by and (mode & stat.S_IWOTH or (mode & stat.S_IWGRP and file_stat.st_gid)):
-            open_by = (
-                f"{path} is writable by "
-                f"{'everyone' if mode & stat.S_IWOTH else _group_name(file_stat.st_gid)} "
-                f"(mode {stat.S_IMODE(mode):04o})"
-            )
-    return Writers(frozenset(uids), open_by)
+def path_writers(path: str, file_stat: os.stat_result | None = None) -> trust.Writers:
+    """Who besides root could have written ``path`` (``trust.writers``, the rule of
+    systemd's PIDFile=), counting ``file_stat`` too: the file as it was opened, should the
+    path have been changed since."""
+    found = trust.writers(path)
+    opened = None if file_stat is None else trust.judge(found.path, file_stat)
+    if opened is None or opened in found.entries:
+        return found
+    return dataclasses.replace(found, entries=(opened, *found.entries))
 
 
 def process_uid(pid: int) -> int:
@@ -775,22 +703,23 @@ class Pidfile:
         owner = process_uid(pid)
         if os.geteuid() == 0:
             writers = path_writers(self.path, file_stat)
-            if writers.open_by:
+            if writers.open_by is not None:
+                entry = writers.open_by
                 raise DeliveryError(
-                    f"pidfile {self.path} is not trusted: {writers.open_by}, so anyone "
-                    "could have written it; make it writable by its owner only"
+                    f"pidfile {self.path} is not trusted: {entry.kind} {entry.describe()}, so "
+                    "anyone could have written it; make it writable by its owner only"
                 )
-            if len(writers.uids) > 1:
-                names = ", ".join(_user_name(u) for u in sorted(writers.uids))
+            if len(writers.users) > 1:
+                names = ", ".join(trust.user_name(u) for u in sorted(writers.users))
                 raise DeliveryError(
                     f"pidfile {self.path} is not trusted: several users ({names}) could "
                     "have written it"
                 )
-            if writers.uids and owner not in writers.uids:
-                (writer,) = writers.uids
+            if writers.users and owner not in writers.users:
+                (writer,) = writers.users
                 raise DeliveryError(
-                    f"pidfile {self.path} could have been written by {_user_name(writer)}, "
-                    f"but pid {pid} belongs to {_user_name(owner)}: refusing to signal it "
+                    f"pidfile {self.path} could have been written by {trust.user_name(writer)}, "
+                    f"but pid {pid} belongs to {trust.user_name(owner)}: refusing to signal it "
                     "(a pidfile an unprivileged user can write is only believed for that "
                     "user's own processes)"
                 )
@@ -803,7 +732,7 @@ class Pidfile:
                 ) from None
             if owner != want:
                 raise DeliveryError(
-                    f"pid {pid} from {self.path} belongs to {_user_name(owner)}, "
+                    f"pid {pid} from {self.path} belongs to {trust.user_name(owner)}, "
                     f"not to expect_user {self.spec.expect_user}"
                 )
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from reloadd_testing import Recording, Reloadd, recorder_command, wait_for
 
+from reloadd.trust import user_name
+
 pytestmark = pytest.mark.slow
 
 Start = Callable[..., Reloadd]
@@ -523,7 +525,7 @@ def test_untrusted_files_are_ignored_at_reread(
     tmp.write_text(b.toml())
     os.chown(tmp, 65534, -1)
     tmp.rename(dropins / "b.toml")
-    r.wait_log(f"{dropins / 'b.toml'} is owned by uid 65534")
+    r.wait_log(f"{dropins / 'b.toml'} is owned by {user_name(65534)}")
     wait_status(r, lambda s: "config error: " in s, "STATUS= with the config error")
     a.write()
     a.rec.wait_count(1)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from reloadd.config import Config, DaemonConfig, check_trusted, trust_problems
+from reloadd.trust import user_name
 
 NOBODY = 65534
 
@@ -38,10 +39,11 @@ def test_pytest_tmp_path_chain_is_trusted(conf: Path) -> None:
 
 @root_only
 @pytest.mark.parametrize(
-    ("mode", "who"),
-    [(0o666, "its group and others"), (0o664, "its group"), (0o646, "others")],
+    ("mode", "gid", "who"),
+    [(0o666, 0, "its group and others"), (0o664, NOBODY, "its group"), (0o646, 0, "others")],
 )
-def test_writable_file_is_refused(conf: Path, mode: int, who: str) -> None:
+def test_writable_file_is_refused(conf: Path, mode: int, gid: int, who: str) -> None:
+    os.chown(conf, -1, gid)
     conf.chmod(mode)
     assert check_trusted(conf) == (
         f"{conf} has mode {mode:04o}: {who} can write it (fix: chmod go-w {conf})"
@@ -49,11 +51,20 @@ def test_writable_file_is_refused(conf: Path, mode: int, who: str) -> None:
 
 
 @root_only
+def test_file_writable_by_group_root_is_fine(conf: Path) -> None:
+    """The gid-0 decision (reloadd.trust): only root is in group root, as systemd reads it."""
+    conf.chmod(0o664)
+    conf.parent.chmod(0o775)
+    assert os.stat(conf).st_gid == 0
+    assert check_trusted(conf) is None
+
+
+@root_only
 def test_file_owned_by_another_user_is_refused(conf: Path) -> None:
     os.chown(conf, NOBODY, -1)
     problem = check_trusted(conf)
     assert problem is not None
-    assert problem.startswith(f"{conf} is owned by uid {NOBODY}")
+    assert problem.startswith(f"{conf} is owned by {user_name(NOBODY)}, not root")
     assert f"chown root {conf}" in problem
 
 
@@ -71,7 +82,9 @@ def test_parent_directory_owned_by_another_user_is_refused(conf: Path) -> None:
     os.chown(conf.parent.parent, NOBODY, -1)
     problem = check_trusted(conf)
     assert problem is not None
-    assert problem.startswith(f"{conf}: directory {conf.parent.parent} is owned by uid {NOBODY}")
+    assert problem.startswith(
+        f"{conf}: directory {conf.parent.parent} is owned by {user_name(NOBODY)}"
+    )
 
 
 @root_only
@@ -96,7 +109,7 @@ def test_symlink_owned_by_another_user_is_refused(conf: Path, tmp_path: Path) ->
     os.lchown(link, NOBODY, -1)
     problem = check_trusted(link)
     assert problem is not None
-    assert problem.startswith(f"{link} is owned by uid {NOBODY}")
+    assert problem.startswith(f"{link} is owned by {user_name(NOBODY)}")
 
 
 @root_only
@@ -134,7 +147,8 @@ def test_trust_problems_covers_dropin_dir_and_dropins(conf: Path) -> None:
     os.chown(bad, NOBODY, -1)
     config = _config(conf, [good, bad])
     [problem] = trust_problems(config, euid=0, environ={})
-    assert problem.startswith(f"{bad} is owned by uid {NOBODY}")
+    assert problem.startswith(f"{bad} is owned by {user_name(NOBODY)}")
+    os.chown(dropin_dir, -1, NOBODY)
     dropin_dir.chmod(0o775)
     problems = trust_problems(config, euid=0, environ={})
     assert [p.partition(" ")[0] for p in problems] == [str(dropin_dir), f"{good}:", f"{bad}"]

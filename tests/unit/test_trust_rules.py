@@ -76,8 +76,8 @@ def test_directory_owned_by_a_user_makes_that_user_a_writer(tmp_path: Path) -> N
     d.mkdir()
     os.chown(d, NOBODY, -1)
     w = path_writers(*_pidfile(d))
-    assert w.uids == {NOBODY}
-    assert not w.open_by
+    assert w.users == {NOBODY}
+    assert w.open_by is None
 
 
 @needs_root
@@ -86,8 +86,8 @@ def test_file_owned_by_a_user_in_a_root_sticky_dir_is_that_users(tmp_path: Path)
     d.mkdir()
     d.chmod(0o1777)
     w = path_writers(*_pidfile(d, uid=NOBODY))
-    assert w.uids == {NOBODY}
-    assert not w.open_by
+    assert w.users == {NOBODY}
+    assert w.open_by is None
 
 
 @needs_root
@@ -105,7 +105,8 @@ def test_world_writable_directory_without_sticky_is_open(tmp_path: Path) -> None
     d.mkdir()
     d.chmod(0o777)
     w = path_writers(*_pidfile(d))
-    assert "writable by everyone (mode 0777)" in w.open_by
+    assert w.open_by is not None
+    assert f"{d} is writable by everyone (owner root, mode 0777)" == w.open_by.describe()
 
 
 @needs_root
@@ -114,7 +115,8 @@ def test_group_writable_file_is_open(tmp_path: Path) -> None:
     os.chown(path, 0, NOBODY)
     os.chmod(path, 0o664)
     w = path_writers(path, os.stat(path))
-    assert "writable by" in w.open_by
+    assert w.open_by is not None
+    assert f"{path} is writable by group" in w.open_by.describe()
 
 
 @needs_root
@@ -128,7 +130,7 @@ def test_symlink_planted_in_a_users_directory_is_judged_by_that_directory(
     os.chown(user_dir, NOBODY, -1)
     link = user_dir / "app.pid"
     link.symlink_to(real)
-    assert path_writers(str(link), st).uids == {NOBODY}
+    assert path_writers(str(link), st).users == {NOBODY}
 
 
 # -- root over a writable tree -------------------------------------------------------------
