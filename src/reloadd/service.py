@@ -60,7 +60,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.PENDING: _REST | _ACTIVE | {State.PAUSED, State.FAILED, State.STOPPED},
     # CHECKING -> RELOADING when the check passed, back to rest when it failed
     State.CHECKING: _REST | {State.RELOADING, State.FAILED, State.STOPPED},
-    State.RELOADING: _REST | {State.VERIFYING, State.FAILED, State.STOPPED},
+    State.RELOADING: _REST | {State.VERIFYING, State.PAUSED, State.FAILED, State.STOPPED},
     State.VERIFYING: _REST | {State.HELD, State.FAILED, State.STOPPED},
     # PAUSED: changes collect; resume returns to rest (a pending batch then fires)
     # (a manual restart is allowed while paused; it settles back to PAUSED)
