@@ -1,0 +1,152 @@
+"""The daemon under faults and awkward timing: a bug in one service, signals during
+shutdown, and pidfiles that try to widen a group signal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from test_check_exec import running, until
+
+from conftest import RECORDER, Recording, recorder_command, wait_for
+from reloadd.service import Refused, Service, State
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_bug_in_one_service_is_loud_and_leaves_the_others_working(tmp_path, monkeypatch):
+    """A fault we cannot cause from outside (an exception reloadd does not expect inside
+    one service's reload) is injected through a patched method; the test shows the
+    service says so (state failed, last error, commands refused) and the other service
+    keeps reloading."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    real_deliver = Service._deliver
+
+    async def deliver(self: Service) -> str:
+        if self.name == "broken":
+            raise RuntimeError("boom")
+        return await real_deliver(self)
+
+    monkeypatch.setattr(Service, "_deliver", deliver)
+
+    async def scenario() -> None:
+        async with running(
+            tmp_path,
+            f"""
+            [services.broken]
+            watch = ["{tmp_path / "a"}"]
+            command = {recorder_command(log_a)!r}
+            debounce = "50ms"
+            [services.fine]
+            watch = ["{tmp_path / "b"}"]
+            command = {recorder_command(log_b)!r}
+            debounce = "50ms"
+            """.replace("'", '"'),
+        ) as d:
+            await until(
+                lambda: Recording(log_a).ready_pids() and Recording(log_b).ready_pids(),
+                "both targets up",
+            )
+            (tmp_path / "a" / "x").write_text("1")
+            broken = d.service("broken")
+            await until(lambda: broken.state is State.FAILED, "the broken service to fail")
+            assert "internal error" in broken.last_error
+            assert "boom" in broken.last_error
+            assert "error: broken: internal error" in d.status_line()
+            with pytest.raises(Refused, match="not running"):
+                await d.command("broken", "reload")
+            (tmp_path / "b" / "y").write_text("1")
+            await until(lambda: Recording(log_b).count() == 1, "the other service to reload")
+
+    asyncio.run(scenario())
+    assert Recording(log_a).count() == 0
+
+
+def test_a_second_sigint_kills_supervised_commands_at_once(tmp_path, start_reloadd):
+    """A command that ignores SIGTERM with a 60 s stop_timeout: the second Ctrl-C ends it
+    (and reloadd) long before that."""
+    (tmp_path / "w").mkdir()
+    log = tmp_path / "t.log"
+    r = start_reloadd(f"""
+        [services.stubborn]
+        watch = ["{tmp_path / "w"}"]
+        command = ["{sys.executable}", "{RECORDER}", "{log}", "--ignore-term"]
+        stop_signal = "INT"
+        stop_timeout = "60s"
+    """)
+    Recording(log).path.exists() or wait_for(lambda: Recording(log).ready_pids(), what="target")
+    r.proc.send_signal(signal.SIGINT)
+    wait_for(lambda: Recording(log).count("SIGINT") == 1, what="the stop signal", detail=r.log)
+    r.proc.send_signal(signal.SIGINT)
+    try:
+        r.proc.wait(timeout=20)  # a functional bound far below stop_timeout, not a benchmark
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"reloadd still stopping after a second SIGINT:\n{r.log()}")
+    assert "second SIGINT: stopping supervised commands with SIGKILL" in r.log()
+    assert r.proc.returncode == 0
+
+
+def test_a_config_reload_during_shutdown_starts_nothing(tmp_path, start_reloadd):
+    """SIGHUP after SIGTERM (while a slow command is being stopped) must not start the
+    service that the edited config adds: it would outlive reloadd."""
+    (tmp_path / "w").mkdir()
+    slow, late = tmp_path / "slow.log", tmp_path / "late.log"
+    config = f"""
+        [daemon]
+        watch_config = false
+        [services.slow]
+        watch = ["{tmp_path / "w"}"]
+        command = ["{sys.executable}", "{RECORDER}", "{slow}", "--ignore-term"]
+        stop_timeout = "3s"
+    """
+    r = start_reloadd(config)
+    wait_for(lambda: Recording(slow).ready_pids(), what="the slow target")
+    r.config.write_text(
+        r.config.read_text()
+        + f"""
+[services.late]
+watch = ["{tmp_path / "w"}"]
+command = ["{sys.executable}", "{RECORDER}", "{late}"]
+"""
+    )
+    r.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: Recording(slow).count("SIGTERM") == 1, what="the stop", detail=r.log)
+    r.proc.send_signal(signal.SIGHUP)
+    assert r.proc.wait(timeout=30) == 0
+    assert not late.exists(), f"a service was started during shutdown:\n{r.log()}"
+
+
+def test_a_pidfile_naming_a_group_member_does_not_widen_a_group_signal(
+    tmp_path, start_reloadd, spawn
+):
+    """scope = "group" with a pidfile whose process is not its group's leader: refused,
+    and nobody in that group gets the signal."""
+    (tmp_path / "w").mkdir()
+    log, pidfile = tmp_path / "g.log", tmp_path / "member.pid"
+    leader = spawn(
+        [
+            "sh",
+            "-c",
+            f'"{sys.executable}" "{RECORDER}" "{log}" --pidfile "{pidfile}" & '
+            f'"{sys.executable}" "{RECORDER}" "{log}"; wait',
+        ]
+    )
+    wait_for(lambda: len(Recording(log).ready_pids()) == 2 and pidfile.exists(), what="group")
+    member = int(pidfile.read_text())
+    assert os.getpgid(member) == leader.pid != member
+    r = start_reloadd(f"""
+        [services.g]
+        watch = ["{tmp_path / "w"}"]
+        pidfile = "{pidfile}"
+        scope = "group"
+        debounce = "50ms"
+    """)
+    (tmp_path / "w" / "x").write_text("1")
+    r.wait_log("is not the leader of its process group")
+    assert Recording(log).count() == 0
