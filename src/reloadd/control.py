@@ -48,8 +48,6 @@ from typing import Any, Protocol
 from reloadd import __version__
 from reloadd import protocol as p
 from reloadd.config import Config
-from reloadd.service import Refused
-from reloadd.target import DeliveryError
 
 log = logging.getLogger("reloadd.control")
 
@@ -244,12 +242,6 @@ def resolve_group(group: str | int | None) -> int | None:
 
 
 # --------------------------------------------------------------------------- the server
-
-
-class _CommandError(Exception):
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.code, self.message, self.extra = code, message, extra
 
 
 class _Gone(Exception):
@@ -503,7 +495,7 @@ class ControlServer:
             log.info("control: %s (uid %d, pid %d)", what, peer.uid, peer.pid)
         try:
             return await self._handlers[req.cmd](req, conn)
-        except _CommandError as exc:
+        except p.CommandError as exc:
             return p.error(req.id, exc.code, exc.message, **exc.extra)
         except (_Gone, ConnectionError):
             raise
@@ -540,7 +532,7 @@ class ControlServer:
     def _require(self, name: str) -> None:
         if name in self.daemon.services:
             return
-        raise _CommandError(p.NO_SUCH_SERVICE, no_such_service(name, list(self.daemon.services)))
+        raise p.CommandError(p.NO_SUCH_SERVICE, no_such_service(name, list(self.daemon.services)))
 
     def _snapshot(self, name: str) -> dict[str, Any] | None:
         for svc in self.daemon.status()["services"]:
@@ -555,7 +547,7 @@ class ControlServer:
             known = {svc["name"]: svc for svc in status["services"]}
             for name in names:
                 if name not in known:
-                    raise _CommandError(p.NO_SUCH_SERVICE, no_such_service(name, list(known)))
+                    raise p.CommandError(p.NO_SUCH_SERVICE, no_such_service(name, list(known)))
             status = {**status, "services": [known[n] for n in dict.fromkeys(names)]}
         return p.ok(req.id, status)
 
@@ -563,7 +555,7 @@ class ControlServer:
         follow = req.args.get("follow", False)
         limit = req.args.get("limit", 10 if follow else 50)
         if not 0 <= limit <= p.MAX_EVENTS:
-            raise _CommandError(p.BAD_ARGUMENT, f"events: 'limit' must be 0..{p.MAX_EVENTS}")
+            raise p.CommandError(p.BAD_ARGUMENT, f"events: 'limit' must be 0..{p.MAX_EVENTS}")
         history = recent_events(self.daemon.status(), limit)
         if not follow:
             return p.ok(req.id, {"events": history})
@@ -626,7 +618,7 @@ class ControlServer:
         record = result.to_dict()
         if record.get("result") != "ok":
             message = f"{name}: not reloaded: {record.get('error') or record.get('result')}"
-            raise _CommandError(p.RELOAD_FAILED, message, record=record)
+            raise p.CommandError(p.RELOAD_FAILED, message, record=record)
         return p.ok(req.id, {"record": record})
 
     async def _restart(self, req: p.Request, conn: _Connection) -> dict[str, Any]:
@@ -635,7 +627,7 @@ class ControlServer:
         snapshot = self._snapshot(name)
         target = (snapshot or {}).get("target") or {}
         if target.get("kind") == "command" and target.get("pid") is None:
-            raise _CommandError(p.FAILED, f"{name}: {action}", service=snapshot)
+            raise p.CommandError(p.FAILED, f"{name}: {action}", service=snapshot)
         return p.ok(req.id, {"action": action, "service": snapshot})
 
     async def _pause_resume(self, req: p.Request, conn: _Connection) -> dict[str, Any]:
@@ -648,17 +640,12 @@ class ControlServer:
 
     async def _service_command(self, name: str, cmd: str) -> Any:
         self._require(name)
-        try:
-            return await self.daemon.command(name, cmd)
-        except Refused as exc:
-            raise _CommandError(p.REFUSED, str(exc)) from None
-        except DeliveryError as exc:
-            raise _CommandError(p.FAILED, f"{name}: {cmd} failed: {exc}") from None
+        return await self.daemon.command(name, cmd)  # raises p.CommandError
 
     async def _reload_config(self, req: p.Request, conn: _Connection) -> dict[str, Any]:
         applied, message = await self.daemon.reload_config()
         if not applied:
-            raise _CommandError(p.CONFIG_REJECTED, message)
+            raise p.CommandError(p.CONFIG_REJECTED, message)
         return p.ok(req.id, {"applied": True, "summary": message})
 
 

@@ -40,7 +40,9 @@ from reloadd import __version__
 from reloadd.config import Config, ConfigError, DaemonConfig, ServiceSpec, load, trust_problems
 from reloadd.control import ControlServer
 from reloadd.notify import Notifier
+from reloadd.protocol import FAILED, REFUSED, CommandError
 from reloadd.service import Refused, Reload, Service
+from reloadd.target import DeliveryError
 from reloadd.watch import WatchPath
 from reloadd.watch.filters import PathFilter, display
 from reloadd.watch.inotify import Hub
@@ -217,10 +219,20 @@ class Daemon:
             raise NoSuchService(name) from None
 
     async def command(self, name: str, cmd: str) -> Any:
-        """Run a service command (reload, restart, pause, resume) and return its result."""
+        """Run a service command (reload, restart, pause, resume) and return its result.
+
+        A refusal or a failed delivery is raised as ``protocol.CommandError``, so the
+        control server needs to know nothing of services and targets.
+        """
         svc = self.service(name)
-        result = await svc.command(cmd)
-        self._update_status()
+        try:
+            result = await svc.command(cmd)
+        except Refused as exc:
+            raise CommandError(REFUSED, str(exc)) from None
+        except DeliveryError as exc:
+            raise CommandError(FAILED, f"{name}: {cmd} failed: {exc}") from None
+        finally:
+            self._update_status()
         return result
 
     def _on_reload(self, svc: Service, record: Reload) -> None:

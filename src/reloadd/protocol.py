@@ -139,6 +139,18 @@ class ProtocolError(Exception):
         self.id = id
 
 
+class CommandError(Exception):
+    """A command that could not be carried out, with the reply's error code.
+
+    Raised by the daemon side (daemon.py turns a service's refusals and delivery failures
+    into these), turned into an error reply by the control server.
+    """
+
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.code, self.message, self.extra = code, message, extra
+
+
 @dataclass(frozen=True)
 class Request:
     cmd: str

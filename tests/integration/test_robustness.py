@@ -13,7 +13,8 @@ import pytest
 from test_check_exec import running, until
 
 from conftest import RECORDER, Recording, recorder_command, wait_for
-from reloadd.service import Refused, Service, State
+from reloadd.protocol import CommandError
+from reloadd.service import Service, State
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def test_a_bug_in_one_service_is_loud_and_leaves_the_others_working(tmp_path, mo
             assert "internal error" in broken.last_error
             assert "boom" in broken.last_error
             assert "error: broken: internal error" in d.status_line()
-            with pytest.raises(Refused, match="not running"):
+            with pytest.raises(CommandError, match="not running"):
                 await d.command("broken", "reload")
             (tmp_path / "b" / "y").write_text("1")
             await until(lambda: Recording(log_b).count() == 1, "the other service to reload")

@@ -24,7 +24,7 @@ import pytest
 from test_check_exec import _q, running, until
 
 from conftest import DEADLINE, wait_for
-from reloadd.target import DeliveryError
+from reloadd.protocol import CommandError
 
 pytestmark = pytest.mark.slow
 
@@ -200,7 +200,7 @@ def test_command_that_cannot_be_executed_reports_the_os_error(
             assert "No such file or directory" in failed["nodir"]
             assert str(tmp_path / "no-such-dir") in failed["nodir"]
 
-            with pytest.raises(DeliveryError, match="restart failed: could not start"):
+            with pytest.raises(CommandError, match="restart failed: could not start"):
                 await daemon.command("missing", "restart")
             assert daemon.service("missing").state.value == "failed"  # not stuck reloading
 
