@@ -161,12 +161,6 @@ class Notifier:
             return
         self._send(["STOPPING=1"])
 
-    def extend_timeout(self, seconds: float) -> None:
-        """EXTEND_TIMEOUT_USEC=: ask for more time to start, reload or stop (huge trees)."""
-        if not self.enabled:
-            return
-        self._send([f"EXTEND_TIMEOUT_USEC={max(1, int(seconds * 1_000_000))}"])
-
     def status(self, line: str) -> None:
         """STATUS=<line>, if it differs from what systemd shows; rate-limited.
 

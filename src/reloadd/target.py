@@ -38,7 +38,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from reloadd import trust
 from reloadd.config import ServiceSpec
@@ -302,20 +302,6 @@ def _os_error(exc: BaseException) -> str:
 
 
 # -- targets ---------------------------------------------------------------------------
-
-
-class Target(Protocol):
-    kind: str
-
-    async def start(self) -> None: ...
-
-    async def signal(self, sig: signal.Signals, scope: str) -> str: ...
-
-    async def restart(self) -> str: ...
-
-    async def stop(self) -> None: ...
-
-    def describe(self) -> dict[str, Any]: ...
 
 
 class Supervised:
