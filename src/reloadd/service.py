@@ -30,6 +30,10 @@ from reloadd.watch.inotify import Hub
 
 log = logging.getLogger("reloadd.service")
 
+# The loop's timers wake up to ~1 ms late (epoll rounds its timeout up to whole
+# milliseconds): wake a little early and count "due within TIMER_SLACK" as due, so a
+# 20 ms debounce means 20 ms, not 21.
+TIMER_SLACK = 0.001
 HISTORY = 50  # reload records kept per service
 SHOWN_PATHS = 5  # changed paths named in a log line
 INBOX_PATHS = PATH_COUNT_CAP + 1  # distinct paths held in the inbox during a reload
@@ -193,7 +197,8 @@ class Service:
         await self._task
 
     def _on_watch(self, tree: WatchPath, paths: list[str]) -> None:
-        self._post(_Change(time.monotonic(), paths))
+        at = self.hub.read_at if self.hub.reading else time.monotonic()
+        self._post(_Change(at, paths))
 
     def _on_retract(self, tree: WatchPath, paths: list[str]) -> None:
         self._post(_Change(time.monotonic(), [], gone=paths))
@@ -219,11 +224,11 @@ class Service:
                 self._settle_state()
                 self.coalescer.holding = any(t.holding for t in self.trees)
                 due = None if self.paused else self.coalescer.due_at()
-                if due is not None and due <= loop.time():
+                if due is not None and due <= loop.time() + TIMER_SLACK:
                     await self._reload(self.coalescer.take(loop.time()), "change")
                     continue
                 if due is not None:
-                    timer = loop.call_at(due, self._wake.set)
+                    timer = loop.call_at(due - TIMER_SLACK, self._wake.set)
                 await self._wake.wait()
                 self._wake.clear()
                 if timer is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import pwd
@@ -583,7 +584,9 @@ def _describe_exit(code: int | None) -> str:
 # -- pidfiles ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
 def _pid_max() -> int:
+    """kernel.pid_max, read once (it is set at boot; a delivery need not re-read it)."""
     try:
         with open("/proc/sys/kernel/pid_max") as f:
             return int(f.read().strip())

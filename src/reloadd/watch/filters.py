@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 VCS_DIRS = frozenset({".git", ".hg", ".svn"})
 IGNORED_DIRS = VCS_DIRS | {"__pycache__"}
 
+_CACHE_CAP = 65_536  # path decisions remembered per filter
 _DROPPING_NAMES = frozenset({"4913"})  # vim's "can I write here" probe
 _DROPPING_SUFFIXES = (".swp", ".swx", "~", "___jb_tmp___", "___jb_old___", ".pyc", ".pyo")
 
@@ -116,6 +117,7 @@ class PathFilter:
     def __init__(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
         self.include = tuple(compile_glob(p) for p in include)
         self.exclude = tuple(compile_glob(p) for p in exclude)
+        self._cache: dict[str, bool] = {}
 
     @staticmethod
     def _ignored_parts(parts: Iterable[str]) -> bool:
@@ -130,6 +132,16 @@ class PathFilter:
 
     def matches(self, rel: str) -> bool:
         """True when a change to this file (root-relative) should trigger a reload."""
+        # A storm repeats the same paths (modify, then close, for every file): decide
+        # each path once; the cache is bounded and simply starts over when full.
+        cached = self._cache.get(rel)
+        if cached is None:
+            if len(self._cache) >= _CACHE_CAP:
+                self._cache.clear()
+            cached = self._cache[rel] = self._decide(rel)
+        return cached
+
+    def _decide(self, rel: str) -> bool:
         parts = rel.split("/")
         if is_dropping(parts[-1]) or self._ignored_parts(parts[:-1]):
             return False

@@ -99,6 +99,8 @@ class Hub:
         self.slots: dict[int, list[Slot]] = {}
         self.trees: set[Tree] = set()
         self.overflows = 0
+        self.read_at = 0.0  # monotonic time of the read being routed
+        self.reading = False
         self.loop = loop
         if loop is not None and self.inotify is not None:
             loop.add_reader(self.fd, self.read)
@@ -178,8 +180,17 @@ class Hub:
             chunks.append(data)
         if not chunks:
             return
+        # Changes are dated when they were read, not when a long batch (a storm of
+        # events) has been processed: the debounce counts from the kernel's report.
+        self.read_at, self.reading = time.monotonic(), True
+        try:
+            self._route(b"".join(chunks))
+        finally:
+            self.reading = False
+
+    def _route(self, data: bytes) -> None:
         touched: set[Tree] = set()
-        for ev in inotify_simple.parse_events(b"".join(chunks)):
+        for ev in inotify_simple.parse_events(data):
             if ev.mask & F.Q_OVERFLOW:
                 self.overflows += 1
                 log.warning(
@@ -490,7 +501,7 @@ class Tree:
                     self._warn_once(path, f"cannot watch {display(path)}: {exc.strerror}")
                 continue
             self.dirs[rel] = wd
-            for name, is_dir in _listdir(path, self._warn_once):
+            for name, is_dir in _listdir(path, self._warn_once, files=report):
                 child = f"{rel}/{name}" if rel else name
                 if is_dir:
                     if name in VCS_DIRS:
@@ -553,25 +564,34 @@ def _open_long(path: str, flags: int) -> int:
     return fd
 
 
-def _scandir(path: str) -> list[tuple[str, bool]]:
+def _entries(it: Iterator[os.DirEntry[str]], files: bool) -> list[tuple[str, bool]]:
+    if files:
+        return [(e.name, _is_dir(e)) for e in it]
+    return [(e.name, True) for e in it if _is_dir(e)]  # arming needs directories only
+
+
+def _scandir(path: str, files: bool) -> list[tuple[str, bool]]:
     try:
         with os.scandir(path) as it:
-            return [(e.name, _is_dir(e)) for e in it]
+            return _entries(it, files)
     except OSError as exc:
         if exc.errno != errno.ENAMETOOLONG:
             raise
     fd = _open_long(path, os.O_RDONLY)
     try:
         with os.scandir(fd) as it:
-            return [(e.name, _is_dir(e)) for e in it]
+            return _entries(it, files)
     finally:
         os.close(fd)
 
 
-def _listdir(path: str, warn: Callable[[str, str], None]) -> Iterator[tuple[str, bool]]:
-    """(name, is_real_directory) for the entries of ``path``; symlinks are not followed."""
+def _listdir(
+    path: str, warn: Callable[[str, str], None], files: bool = True
+) -> Iterator[tuple[str, bool]]:
+    """(name, is_real_directory) for the entries of ``path`` (only the directories unless
+    ``files``); symlinks are not followed."""
     try:
-        entries = _scandir(path)
+        entries = _scandir(path, files)
     except OSError as exc:
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
             warn(path, f"cannot list {display(path)}: {exc.strerror}")
