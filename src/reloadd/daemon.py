@@ -60,6 +60,8 @@ WATCH_KEYS = ("watch", "include", "exclude", "backend", "poll_interval", "max_de
 # than CONFIG_MAX_DELAY after the first however busy the directory stays.
 CONFIG_DEBOUNCE = 0.2
 CONFIG_MAX_DELAY = 2.0
+# READY=1 waits this long at most for the first scans of polled trees (a hung mount)
+STARTUP_BASELINE_WAIT = 30.0
 # [daemon] keys that are read once, at start
 _DAEMON_LIVE_KEYS = ("watch_config", "include")
 _TRUST_HINT = (
@@ -124,6 +126,7 @@ class Daemon:
             for spec in self.config.services:
                 self._add(spec)
             self._watch_config()
+            await self._baselines()  # READY=1 means every polled tree has its baseline
             for warning in self.config.warnings:
                 log.warning("%s", warning)
             self.ready.set()
@@ -184,6 +187,33 @@ class Daemon:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _baselines(self) -> None:
+        """Wait for the first scan of every polled tree (they run in threads, off the
+        loop), up to STARTUP_BASELINE_WAIT (a hung mount must not keep READY=1 back for
+        ever) or until a stop is asked for; a tree still scanning then stays ``waiting``."""
+        trees = [t for svc in self.services.values() for t in svc.trees]
+        trees += self._config_trees
+        waits = {asyncio.ensure_future(t.baseline()): t for t in trees}
+        if not waits:
+            return
+        every: asyncio.Future[Any] = asyncio.gather(*waits)
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait(
+                [every, stop], timeout=STARTUP_BASELINE_WAIT, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stop.cancel()
+            every.cancel()
+        slow = [display(t.root) for fut, t in waits.items() if fut.cancelled()]
+        if slow and not self._stop.is_set():
+            log.warning(
+                "still scanning after %gs: %s; ready without their baseline (they are "
+                "watched once their first scan completes)",
+                STARTUP_BASELINE_WAIT,
+                ", ".join(slow),
+            )
 
     async def _stop_services(self, services: list[Service]) -> None:
         if self._force:

@@ -490,6 +490,13 @@ def test_vcs_lock_holds_and_its_end_wakes_the_service(app: Path, make: Make) -> 
 # -- timers, threads, the loop -------------------------------------------------------------
 
 
+def stamped_before_now(root: Path) -> bool:
+    """Every file under ``root`` has a ctime older than the ctime clock reads now: a
+    baseline scan starting from here cannot mistake them for writes made during it."""
+    newest = max(p.lstat().st_ctime_ns for p in [root, *root.rglob("*")])
+    return poll.ctime_now() > newest
+
+
 async def until(predicate: Callable[[], object], timeout: float = 20.0) -> None:
     """Let the loop run until ``predicate`` holds (a deadline, not a synchronisation)."""
     for _ in range(int(timeout / 0.005)):
@@ -513,8 +520,11 @@ def test_timer_driven_scans_run_off_the_loop_thread(
 
     async def main() -> tuple[list[list[str]], PollTree]:
         reports = Reports()
+        await until(lambda: stamped_before_now(app))
         tree = PollTree(str(app), PathFilter(), reports, interval=0.01)
-        tree.start()  # waits for the first scan: the baseline is there
+        tree.start()  # never waits: the first scan runs in a thread too
+        assert (tree.state, tree.scans) == ("waiting", 0)
+        await tree.baseline()
         assert tree.state == "watching"
         assert tree.scans == 1
         write(app / "app.py", "version = 2\n")
@@ -532,8 +542,9 @@ def test_timer_driven_scans_run_off_the_loop_thread(
 def test_slow_first_scan_does_not_block_start(
     app: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A first scan slower than BASELINE_WAIT (a hung mount): start() goes on, the tree
-    waits, and the scan is applied as the baseline when it ends."""
+    """A first scan slower than BASELINE_WAIT (a hung mount): start() never waits for
+    it, the tree waits, a warning says so, and the scan is applied as the baseline when
+    it ends (``baseline()`` returns then)."""
     release = threading.Event()
     real = poll.scan_tree
 
@@ -546,10 +557,14 @@ def test_slow_first_scan_does_not_block_start(
 
     async def main() -> tuple[str, str, list[list[str]]]:
         reports = Reports()
+        await until(lambda: stamped_before_now(app))
         tree = PollTree(str(app), PathFilter(), reports, interval=0.01)
         tree.start()
         before = tree.state
+        await until(lambda: "the first scan takes longer than" in caplog.text)
+        assert tree.scans == 0
         release.set()
+        await tree.baseline()
         await until(lambda: tree.scans >= 3)
         tree.close()
         return before, tree.state, reports.changes()
@@ -558,6 +573,142 @@ def test_slow_first_scan_does_not_block_start(
         before, after, changes = asyncio.run(main())
     assert (before, after, changes) == ("waiting", "watching", [])
     assert "the first scan takes longer than" in caplog.text
+
+
+def test_change_made_while_the_baseline_is_read_is_reported(
+    app: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """start() returns at once; a write made after the baseline scan began (here: before
+    the walk reaches the file, so the baseline itself holds the new content) is still
+    reported, because its ctime is not older than the scan."""
+    entered, gate = threading.Event(), threading.Event()
+    real = poll.scan_tree
+
+    def held(*args: object, **kwargs: object) -> object:
+        if not entered.is_set():
+            entered.set()
+            gate.wait(30)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(poll, "scan_tree", held)
+
+    async def main() -> list[list[str]]:
+        await until(lambda: stamped_before_now(app))
+        reports = Reports()
+        tree = PollTree(str(app), PathFilter(), reports, interval=0.01)
+        tree.start()
+        await until(entered.is_set)  # the baseline scan has begun
+        write(app / "app.py", "version = 2\n")
+        gate.set()
+        await tree.baseline()
+        assert tree.state == "watching"
+        await until(reports.changes)
+        tree.close()
+        return reports.changes()
+
+    assert asyncio.run(main()) == [[str(app / "app.py")]]
+
+
+def test_recheck_statfs_runs_off_the_loop_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiting ``auto`` path looks at its file system again every poll_interval. On a
+    hung network mount statfs never returns: it runs in a worker thread (the loop keeps
+    turning), and the next look waits for it instead of piling up threads."""
+    import reloadd.watch as watch
+    from reloadd.watch.inotify import Hub
+
+    release = threading.Event()
+    calls: list[str] = []
+    active = [0, 0]  # now, most at once
+
+    def hung(path: str) -> int | None:
+        calls.append(threading.current_thread().name)
+        active[0] += 1
+        active[1] = max(active)
+        try:
+            release.wait(30)
+        finally:
+            active[0] -= 1
+        return None
+
+    async def main() -> None:
+        hub = Hub(asyncio.get_running_loop())
+        path = watch.WatchPath(
+            hub, str(tmp_path / "missing"), PathFilter(), lambda t, p: None, poll_interval=0.01
+        )
+        monkeypatch.setattr(watch, "fs_type", hung)
+        try:
+            path.start()
+            assert path.state == "waiting"
+            await until(lambda: calls)  # a recheck is stuck in statfs
+            # the loop keeps turning for many poll intervals while it hangs
+            loop = asyncio.get_running_loop()
+            until_at = loop.time() + 0.1
+            await until(lambda: loop.time() > until_at)
+            assert len(calls) == 1
+            release.set()
+            await until(lambda: len(calls) >= 3)  # released: the rechecks go on
+        finally:
+            release.set()
+            path.close()
+            hub.close()
+
+    asyncio.run(main())
+    assert threading.main_thread().name not in calls
+    assert active[1] == 1
+
+
+@pytest.mark.slow
+def test_a_100k_file_poll_service_added_live_does_not_stall_others(
+    start_reloadd: Callable[..., object], tmp_path: Path
+) -> None:
+    """A poll service over 100,000 files is added by a live config change: the re-read
+    returns without waiting for its first scan (which runs in a thread), and an inotify
+    service in the same daemon reloads promptly meanwhile and afterwards. The new
+    service then reloads on a change of its own."""
+    big = tmp_path / "big"
+    for a in range(100):
+        d = big / f"d{a:02}"
+        d.mkdir(parents=True)
+        for b in range(1000):
+            (d / f"f{b:03}.py").touch()
+    small = tmp_path / "small"
+    small.mkdir()
+    logs = {name: tmp_path / f"{name}.log" for name in ("big", "small")}
+    head = f"[daemon]\nsocket = {toml_value(tmp_path / 'control.sock')}\n"
+    small_toml = (
+        f'[services.small]\nwatch = [{toml_value(small)}]\nbackend = "inotify"\n'
+        f"command = {toml_value(recorder_command(logs['small']))}\n"
+    )
+    big_toml = (
+        f'[services.big]\nwatch = [{toml_value(big)}]\nbackend = "poll"\n'
+        f'poll_interval = "10ms"\ncommand = {toml_value(recorder_command(logs["big"]))}\n'
+    )
+    r = start_reloadd(head + small_toml)
+    recs = {name: Recording(path) for name, path in logs.items()}
+    wait_for(lambda: recs["small"].ready_pids(), what="the small recorder")
+    config: Path = r.config  # type: ignore[attr-defined]
+    tmp = config.with_name(".reloadd.toml.tmp")
+    tmp.write_text(head + small_toml + big_toml)
+    os.replace(tmp, config)  # the daemon watches its config: this adds "big"
+    r.wait_log("config reloaded: 1 added, 0 changed, 0 removed")  # type: ignore[attr-defined]
+    latencies = []
+    for i in range(1, 6):
+        write(small / f"change{i}.txt")
+        started = time.monotonic()
+        recs["small"].wait_count(i, timeout=10)
+        latencies.append(time.monotonic() - started)
+    r.wait_log("100000 files in 101 directories", timeout=120)  # type: ignore[attr-defined]
+    log = r.log()  # type: ignore[attr-defined]
+    first = float(log.split("100000 files in 101 directories (first scan ")[1].split("s)")[0])
+    wait_for(lambda: recs["big"].ready_pids(), what="the big recorder")
+    write(big / "d00" / "f000.py", "changed")
+    recs["big"].wait_count(1, timeout=60)
+    print(f"first scan {first:.3f}s; inotify reload latencies {latencies}")
+    assert max(latencies) < 5.0, (latencies, first)
+    assert recs["small"].count() == 5
+    assert recs["big"].count() == 1
 
 
 @pytest.mark.slow
@@ -582,9 +733,10 @@ def test_a_100k_file_scan_does_not_stall_other_services(
         f"command = {toml_value(recorder_command(logs['small']))}\n"
     )
     r = start_reloadd(text + f"[daemon]\nsocket = {toml_value(tmp_path / 'control.sock')}\n")
+    # READY=1 waits for every baseline: the first scan is logged before it
+    assert "100000 files in 101 directories" in r.log()  # type: ignore[attr-defined]
     recs = {name: Recording(path) for name, path in logs.items()}
     wait_for(lambda: all(rec.ready_pids() for rec in recs.values()), what="both recorders")
-    r.wait_log("100000 files in 101 directories", timeout=120)  # type: ignore[attr-defined]
     log = r.log()  # type: ignore[attr-defined]
     first = float(log.split("100000 files in 101 directories (first scan ")[1].split("s)")[0])
     latencies = []

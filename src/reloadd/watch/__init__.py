@@ -237,6 +237,8 @@ class WatchPath:
         self._starting = False
         self._sync_soon: asyncio.Handle | None = None
         self._recheck: asyncio.TimerHandle | None = None
+        self._rechecking: asyncio.Task[None] | None = None  # the statfs of a recheck
+        self._limit_warning: asyncio.Task[None] | None = None  # waits for the counts
         self._limit_warned = False
         self._closed = False
 
@@ -315,8 +317,26 @@ class WatchPath:
             self._starting = False
         self._arm_recheck()
 
+    async def baseline(self) -> None:
+        """Return once every polled tree of this path has its first scan (``start()``
+        never waits for one: a large tree must not stall the loop)."""
+        while True:
+            trees = [self.primary, *self.polled.values()]
+            for tree in trees:
+                if isinstance(tree, PollTree):
+                    await tree.baseline()
+            if trees == [self.primary, *self.polled.values()]:
+                break  # nothing was added or switched meanwhile
+        warning = self._limit_warning
+        if warning is not None and not warning.done():
+            await asyncio.wait([warning])  # logged before READY=1
+
     def close(self) -> None:
         self._closed = True
+        for task in (self._rechecking, self._limit_warning):
+            if task is not None:
+                task.cancel()
+        self._rechecking = self._limit_warning = None
         for handle in (self._sync_soon, self._recheck):
             if handle is not None:
                 handle.cancel()
@@ -330,6 +350,9 @@ class WatchPath:
 
     def _choose(self) -> tuple[str, str]:
         magic = fs_type(nearest_existing(self.root)) if self.configured == "auto" else None
+        return self._decide(magic)
+
+    def _decide(self, magic: int | None) -> tuple[str, str]:
         env = os.environ.get(ENV) or None
         if env is not None and env not in BACKENDS and not _env_warned:
             _env_warned.append(env)
@@ -442,7 +465,25 @@ class WatchPath:
         self._update_reason()
         if added and not self._limit_warned:
             self._limit_warned = True
+            self._warn_when_counted()
+
+    def _warn_when_counted(self) -> None:
+        """Warn about the watch limit once the new subtrees' first scans have counted
+        their directories (the scans run in threads: the loop does not wait for them)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
             self._warn_limit()
+            return
+        subs = list(self.polled.values())
+
+        async def counted() -> None:
+            for sub in subs:
+                await sub.baseline()
+            if not self._closed:
+                self._warn_limit()
+
+        self._limit_warning = loop.create_task(counted())
 
     def _warn_limit(self) -> None:
         need = sum(max(t.dirs, 1) for t in self.polled.values())
@@ -479,6 +520,8 @@ class WatchPath:
     def _arm_recheck(self) -> None:
         if self._closed or self.configured != "auto" or self._recheck is not None:
             return
+        if self._rechecking is not None:
+            return  # one is running; it re-arms when done
         if self.primary.state != "waiting":
             return
         try:
@@ -489,10 +532,32 @@ class WatchPath:
 
     def _on_recheck(self) -> None:
         self._recheck = None
+        if self._closed or self.primary.state != "waiting" or self._rechecking is not None:
+            return
+        self._rechecking = asyncio.get_running_loop().create_task(self._recheck_off_loop())
+
+    @staticmethod
+    def _look(root: str) -> tuple[int | None, bool]:
+        """statfs of the nearest existing ancestor, and whether ``root`` exists: both
+        can hang on a dead network mount, so they run in a worker thread."""
+        return fs_type(nearest_existing(root)), os.path.exists(root)
+
+    async def _recheck_off_loop(self) -> None:
+        try:
+            magic, exists = await asyncio.to_thread(self._look, self.root)
+        except asyncio.CancelledError:
+            return  # closed meanwhile
+        finally:
+            self._rechecking = None
         if self._closed or self.primary.state != "waiting":
             return
-        backend, reason = self._choose()
-        exists = os.path.exists(self.root)
+        try:
+            self._apply_recheck(magic, exists)
+        finally:
+            self._arm_recheck()
+
+    def _apply_recheck(self, magic: int | None, exists: bool) -> None:
+        backend, reason = self._decide(magic)
         if backend != self.backend:
             log.info(
                 "%s: the file system under it changed (%s); switching to %s",
@@ -520,7 +585,6 @@ class WatchPath:
                 self.reason = reason
             self.primary.rescan()  # it appeared without an event (a mount): look now
             self.primary.flush()
-        self._arm_recheck()
 
 
 def _read_int(path: str) -> int | None:

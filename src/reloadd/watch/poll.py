@@ -66,7 +66,23 @@ Ident = tuple[object, ...]  # what the root is: kind, real path, device, inode
 
 PollSink = Callable[["PollTree", list[str]], None]
 
-BASELINE_WAIT = 5.0  # seconds start() waits for the first scan before going on without it
+BASELINE_WAIT = 5.0  # seconds: a first scan slower than this is worth a warning
+# The clock the kernel stamps ctime from (Linux's CLOCK_REALTIME_COARSE; the time module
+# does not name it). A write made after a reading of it gets a ctime not older than that
+# reading (fine-grained "multigrain" stamps are never older either), so a file whose ctime
+# is not older than the start of the baseline scan may have changed while the scan ran;
+# one written up to a clock tick (1-10 ms) before the scan can look so too.
+CTIME_CLOCK = 5
+
+
+def ctime_now() -> int:
+    """Now, in ns, on the clock ctime is stamped from."""
+    try:
+        return time.clock_gettime_ns(CTIME_CLOCK)
+    except OSError:
+        return time.time_ns() - 20_000_000  # no coarse clock: a generous tick
+
+
 _VCS_LOCKS = (("index.lock", ".git"), ("wlock", ".hg"))
 _LONG = 4000  # bytes: paths this long are opened piecewise (PATH_MAX is 4096)
 
@@ -89,6 +105,7 @@ class ScanResult:
     unreadable: dict[str, str] = field(default_factory=dict)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (once-key, message)
     seconds: float = 0.0
+    racy: list[str] = field(default_factory=list)  # files with a ctime >= ``since``
 
 
 def _is_dir_sig(sig: Sig | None) -> bool:
@@ -146,6 +163,20 @@ def diff(old: Snap, new: Snap) -> list[str]:
     return out
 
 
+def _without(snap: Snap, paths: list[str]) -> Snap:
+    """``snap`` with the files ``paths`` left out (copying only the directories touched)."""
+    if not paths:
+        return snap
+    out = dict(snap)
+    for rel in paths:
+        parent, _, name = rel.rpartition("/")
+        if parent in out:
+            if out[parent] is snap[parent]:
+                out[parent] = dict(snap[parent])
+            out[parent].pop(name, None)
+    return out
+
+
 def _carry(old: Snap, top: str, into: Snap) -> None:
     """Copy what ``old`` knew about ``top`` and everything below it into ``into``."""
     stack = [top]
@@ -164,11 +195,14 @@ def scan_tree(
     old: Snap,
     prefix: str = "",
     closed: Callable[[], bool] = lambda: False,
+    since: int | None = None,
 ) -> ScanResult:
     """Read the tree at ``root`` (following ``root`` itself, nothing below it) and diff it.
 
     ``prefix`` is the root's path relative to the watch root, for the filters: a subtree
     polled as the watch-limit fallback is filtered like the rest of its watch path.
+    With ``since`` (ns, wall clock), files whose ctime is not older are listed in
+    ``racy``: they may have changed while this scan ran.
     Blocking; meant for a worker thread. Never raises for file-system errors.
     """
     started = time.monotonic()
@@ -182,9 +216,10 @@ def scan_tree(
         return ScanResult(None, "", {}, diff(old, {}), problems=problems)
     if not stat.S_ISDIR(st.st_mode):
         snap: Snap = {"": {"": (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_mode)}}
-        return ScanResult(("file", st.st_dev), "file", snap, diff(old, snap), files=1)
+        racy = [""] if since is not None and st.st_ctime_ns >= since else []
+        return ScanResult(("file", st.st_dev), "file", snap, diff(old, snap), files=1, racy=racy)
     real = os.path.realpath(root)
-    walker = _Walker(real, filt, old, prefix, closed, {(st.st_dev, st.st_ino)})
+    walker = _Walker(real, filt, old, prefix, closed, {(st.st_dev, st.st_ino)}, since)
     walker.walk()
     return ScanResult(
         ("dir", real, st.st_dev, st.st_ino),
@@ -197,6 +232,7 @@ def scan_tree(
         unreadable=walker.unreadable,
         problems=walker.problems,
         seconds=time.monotonic() - started,
+        racy=walker.racy,
     )
 
 
@@ -210,7 +246,9 @@ class _Walker:
     prefix: str
     closed: Callable[[], bool]
     seen: set[tuple[int, int]]  # (device, inode) of every directory walked
+    since: int | None = None  # see scan_tree
     snap: Snap = field(default_factory=dict)
+    racy: list[str] = field(default_factory=list)
     files: int = 0
     locks: set[str] = field(default_factory=set)
     unreadable: dict[str, str] = field(default_factory=dict)
@@ -281,6 +319,8 @@ class _Walker:
                     continue
                 entries[name] = (fs.st_ino, fs.st_mtime_ns, fs.st_ctime_ns, fs.st_size, fs.st_mode)
                 self.files += 1
+                if self.since is not None and fs.st_ctime_ns >= self.since:
+                    self.racy.append(_join(rel, name))
         return entries
 
     def _failed(self, rel: str, path: str, exc: OSError) -> bool:
@@ -390,6 +430,8 @@ class PollTree:
     _closed: bool = False
     _loop: asyncio.AbstractEventLoop | None = None
     _timer: asyncio.TimerHandle | None = None
+    _slow_timer: asyncio.TimerHandle | None = None  # warns when the first scan is slow
+    _first_done: asyncio.Event | None = None  # set when the first scan has been applied
     _scanning: bool = False
     _warned: set[str] = field(default_factory=set)
 
@@ -416,10 +458,12 @@ class PollTree:
     def start(self, report: bool = False) -> None:
         """Take the first scan (a baseline, or with ``report`` a change) and arm the timer.
 
-        The first scan runs in a thread and ``start`` waits for it up to
-        ``BASELINE_WAIT`` seconds, so that a change made right after start-up is not
-        folded into the baseline; a slower scan (a huge tree, a hung mount) is applied
-        when it ends, and the tree stays ``waiting`` until then.
+        Never blocks: under a running loop the first scan runs in a thread like every
+        other scan, and the tree stays ``waiting`` until it lands on the loop (await
+        ``baseline()`` for that). A file created or modified while the baseline scan runs
+        is not folded into it silently: its ctime is not older than the scan, so it is
+        left out of the settled state and reported after the next quiet scan (a deletion
+        made before the walk reached the file leaves nothing to compare and is not seen).
         """
         try:
             self._loop = asyncio.get_running_loop()
@@ -428,30 +472,32 @@ class PollTree:
         self._based = report
         if self._loop is None:
             self._apply(self._collect(self._current))
+            self._baselined().set()
             return
-        lock = threading.Lock()
-        done = threading.Event()
-        box: list[ScanResult | None] = []
-        waiting = [True]  # start() still waits for the result (else: deliver to the loop)
+        self._baselined()
+        self._scanning = True
         old = self._current
+        since = None if report else ctime_now()
 
         def first() -> None:
-            result = self._run(old)
-            with lock:
-                if waiting[0]:
-                    box.append(result)
-                    done.set()
-                    return
-            self._deliver(result)
+            self._deliver(self._run(old, since))
 
-        self._scanning = True
         threading.Thread(target=first, name=f"poll {self.root}", daemon=True).start()
-        done.wait(BASELINE_WAIT)
-        with lock:
-            waiting[0] = False
-            if box:
-                self._finish(box[0])
-                return
+        self._slow_timer = self._loop.call_later(BASELINE_WAIT, self._slow_first)
+
+    async def baseline(self) -> None:
+        """Return once the first scan has been applied (or the tree was closed)."""
+        await self._baselined().wait()
+
+    def _baselined(self) -> asyncio.Event:
+        if self._first_done is None:
+            self._first_done = asyncio.Event()
+        return self._first_done
+
+    def _slow_first(self) -> None:
+        self._slow_timer = None
+        if self._closed or self.scans:
+            return
         log.warning(
             "watch path %s: the first scan takes longer than %.0fs (a large tree or a slow "
             "mount?); changes are seen once it completes",
@@ -465,14 +511,17 @@ class PollTree:
 
     def close(self) -> None:
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for handle in (self._timer, self._slow_timer):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._slow_timer = None
+        if self._first_done is not None:
+            self._first_done.set()  # nobody waits for a baseline that will never come
 
     # -- scanning -------------------------------------------------------------------
 
-    def _collect(self, old: Snap) -> ScanResult:
-        return scan_tree(self.root, self.filter, old, self.prefix, lambda: self._closed)
+    def _collect(self, old: Snap, since: int | None = None) -> ScanResult:
+        return scan_tree(self.root, self.filter, old, self.prefix, lambda: self._closed, since)
 
     def _schedule(self) -> None:
         if self._loop is not None and not self._closed and self._timer is None:
@@ -489,10 +538,10 @@ class PollTree:
             target=lambda: self._deliver(self._run(old)), name=f"poll {self.root}", daemon=True
         ).start()
 
-    def _run(self, old: Snap) -> ScanResult | None:
+    def _run(self, old: Snap, since: int | None = None) -> ScanResult | None:
         """One scan, on a worker thread; None when it was abandoned or failed."""
         try:
-            return self._collect(old)
+            return self._collect(old, since)
         except _Closed:
             return None
         except Exception:
@@ -519,6 +568,8 @@ class PollTree:
         except Exception:
             log.exception("applying a scan of %s failed", display(self.root))
         finally:
+            if self._first_done is not None:
+                self._first_done.set()  # a failed first scan is retried by the next one
             self._schedule()  # a bug in one scan must not end the polling
 
     # -- applying -------------------------------------------------------------------
@@ -556,8 +607,14 @@ class PollTree:
                 res.dirs,
                 res.seconds,
             )
-            self._current = self._settled = res.snap
-            self._ident = self._settled_ident = res.ident
+            self._current, self._ident = res.snap, res.ident
+            self._settled, self._settled_ident = _without(res.snap, res.racy), res.ident
+            if res.racy:
+                # changed while the baseline was read: reported after the next quiet scan
+                self._pending.update(res.racy)
+                self._pending_since = now
+            if self._loop is not None and (self.state, self.kind) != was:
+                self.sink(self, [])  # the baseline landed after start(): look again
             return
         changed = list(res.changed)
         if res.ident != self._ident and res.ident is not None and self._ident is not None:
