@@ -167,6 +167,33 @@ class Hub:
 
     # -- reading --------------------------------------------------------------------
 
+    def _overflowed(self, events: list[inotify_simple.Event]) -> None:
+        """Events were lost: a rescan of every tree stands in for all of them (and for
+        those that came after the overflow in the same read). Only ``IN_IGNORED`` (the
+        kernel dropped a watch) still has to be taken in, so no slot outlives its watch.
+        """
+        self.overflows += 1
+        log.warning(
+            "inotify queue overflowed (fs.inotify.max_queued_events): rescanning %d "
+            "watch paths; every service counts it as a change",
+            len(self.trees),
+        )
+        for ev in events:
+            if ev.mask & F.IGNORED:
+                for slot in self.slots.pop(ev.wd, ()):
+                    slot.tree.on_event(slot, ev.wd, ev.mask, ev.name)
+        trees = list(self.trees)
+        for tree in trees:
+            tree.rescan()
+        for tree in trees:
+            tree.flush()
+
+    def drain(self) -> None:
+        """Route what the kernel has queued right now: a batch is not settled while
+        events for it are still waiting to be read (a storm outlasting the debounce)."""
+        if self.inotify is not None and not self.inotify.closed and not self.reading:
+            self.read()
+
     def read(self) -> None:
         """Drain the fd, route every event, then tell each touched tree's sink."""
         chunks = []
@@ -189,19 +216,12 @@ class Hub:
             self.reading = False
 
     def _route(self, data: bytes) -> None:
+        events = inotify_simple.parse_events(data)
+        if any(ev.mask & F.Q_OVERFLOW for ev in events):
+            self._overflowed(events)
+            return
         touched: set[Tree] = set()
-        for ev in inotify_simple.parse_events(data):
-            if ev.mask & F.Q_OVERFLOW:
-                self.overflows += 1
-                log.warning(
-                    "inotify queue overflowed (fs.inotify.max_queued_events): rescanning %d "
-                    "watch paths; every service counts it as a change",
-                    len(self.trees),
-                )
-                for tree in list(self.trees):
-                    tree.rescan()
-                    touched.add(tree)
-                continue
+        for ev in events:
             owners = self.slots.get(ev.wd)
             if owners is None:
                 continue
