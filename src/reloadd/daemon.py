@@ -415,13 +415,20 @@ class Daemon:
         assert self.hub is not None
         self._config_watched = key
         old, self._config_trees = self._config_trees, []
+        # Config files live on local disks: inotify, whose anchor also sees a missing
+        # drop-in dir appear, with no periodic look (auto would re-check a missing path
+        # every poll_interval, the only idle wake-up reloadd would have). Without an
+        # inotify instance, auto falls back to polling.
+        backend = "inotify" if self.hub.inotify is not None else "auto"
         if daemon.watch_config:
             for root, filt in (
                 (self.config.path, PathFilter()),
                 (daemon.include, PathFilter(("/*.toml",))),
             ):
                 label = f"config: {display(root)}"
-                tree = WatchPath(self.hub, root, filt, self._on_config_change, label=label)
+                tree = WatchPath(
+                    self.hub, root, filt, self._on_config_change, backend=backend, label=label
+                )
                 tree.start()
                 self._config_trees.append(tree)
         for tree in old:
