@@ -54,6 +54,7 @@ import pytest
 T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]  # the checkout: recorder.py, packaging/, examples/
 STUB_UNITS = HERE / "units"
 SYSTEMD_BINARY = Path("/lib/systemd/systemd")
 BOOT_TARGET = "reloadd-test.target"
@@ -65,19 +66,31 @@ COMMAND_TIMEOUT = 60.0
 POLL_INTERVAL = 0.05
 
 # Inside the namespaces: private /run; tmpfs over the host's temporary and journal
-# directories, with pytest's base temporary directory bound back in; our entry points in
+# directories, with the directories the tests need (pytest's base temporary directory and
+# this checkout, which CI may clone under /tmp) bound back in; our entry points in
 # /usr/local/bin; a quiet journald; then systemd as PID 1.
 BOOT_SCRIPT = r"""
 set -eu
 mount -t tmpfs -o mode=0755 tmpfs /run
-mkdir -p /run/systemd /run/reloadd-test-keep
-mount --bind "$RELOADD_TEST_KEEP" /run/reloadd-test-keep
+mkdir -p /run/systemd
+IFS='
+'
+i=0
+for keep in $RELOADD_TEST_KEEP; do
+    mkdir -p "/run/reloadd-test-keep/$i"
+    mount --bind "$keep" "/run/reloadd-test-keep/$i"
+    i=$((i + 1))
+done
 for dir in /tmp /var/tmp /var/log/journal; do
     if [ -d "$dir" ]; then mount -t tmpfs -o mode=1777 tmpfs "$dir"; fi
 done
-mkdir -p "$RELOADD_TEST_KEEP"
-mount --move /run/reloadd-test-keep "$RELOADD_TEST_KEEP"
-rmdir /run/reloadd-test-keep
+i=0
+for keep in $RELOADD_TEST_KEEP; do
+    mkdir -p "$keep"
+    mount --move "/run/reloadd-test-keep/$i" "$keep"
+    i=$((i + 1))
+done
+unset IFS
 # This checkout's entry points as /usr/local/bin/reloadd and reloadctl, where the shipped unit
 # finds them (ExecStart=reloadd ...), without installing anything on the host.
 mount --bind "$RELOADD_TEST_BIN" /usr/local/bin
@@ -301,8 +314,8 @@ def boot_systemd(
 ) -> Iterator[Systemd]:
     """Boot, yield, and always kill and reap the namespace's systemd.
 
-    ``keep_dir`` (under /tmp or not) stays visible inside; ``bin_dir`` is mounted on
-    /usr/local/bin inside.
+    ``keep_dir`` and the checkout (under /tmp or not) stay visible inside; ``bin_dir`` is
+    mounted on /usr/local/bin inside.
     """
     unit_path = str(unit_dir)
     assert ":" not in unit_path, "SYSTEMD_UNIT_PATH must be the test unit directory only"
@@ -310,7 +323,8 @@ def boot_systemd(
     env = {
         **INNER_ENV,
         "RELOADD_TEST_UNITS": unit_path,
-        "RELOADD_TEST_KEEP": str(keep_dir),
+        # newline-separated: pytest's temporary directory and this checkout
+        "RELOADD_TEST_KEEP": f"{keep_dir}\n{REPO}",
         "RELOADD_TEST_BIN": str(bin_dir),
         "RELOADD_TEST_TARGET": BOOT_TARGET,
     }
