@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from systemd_harness import Systemd
+from systemd_harness import REPO, Systemd
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 
@@ -66,6 +66,8 @@ def test_host_tmp_is_hidden_but_the_test_dir_is_shared(
     (tmp_path / "from-the-host").write_text("x")
     assert systemd.run("cat", str(tmp_path / "from-the-host"), check=True).stdout == "x"
     basetemp = tmp_path_factory.getbasetemp()
-    # Only the path down to pytest's base temporary directory exists in the private /tmp.
-    expected = [basetemp.parts[2]] if basetemp.parts[1] == "tmp" else []
-    assert systemd.run("ls", "-A", "/tmp", check=True).stdout.split() == expected
+    # Only the paths down to what the harness keeps (pytest's base temporary directory and
+    # the checkout, which CI may clone under /tmp) exist in the private /tmp.
+    kept = (basetemp.resolve(), REPO)
+    expected = sorted({p.parts[2] for p in kept if p.parts[1] == "tmp"})
+    assert sorted(systemd.run("ls", "-A", "/tmp", check=True).stdout.split()) == expected
