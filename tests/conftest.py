@@ -10,6 +10,8 @@ failure, so CI never passes by skipping; use ``require(...)`` for such checks.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -20,9 +22,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,12 +125,49 @@ def recorder_command(log: Path, *extra: str) -> list[str]:
 
 
 def toml_value(value: object) -> str:
-    """A str, number, bool or list as TOML (JSON strings are valid TOML basic strings)."""
+    """A str, path, number, bool or list of those as TOML (JSON strings are TOML strings)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, Path):
         value = str(value)
     return json.dumps(value)
+
+
+async def until(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    """``wait_for`` inside the event loop of an in-process daemon (which runs meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, services: str) -> AsyncIterator[Any]:
+    """An in-process Daemon on a config file; shut down (services stopped) afterwards."""
+    from reloadd.config import load
+    from reloadd.daemon import Daemon
+
+    cfg = tmp_path / "inproc.toml"
+    head = f"[daemon]\nsocket = {toml_value(tmp_path / 'ctl.sock')}\n\n"
+    cfg.write_text(head + textwrap.dedent(services))
+    daemon = Daemon(load(cfg))
+    task = asyncio.ensure_future(daemon.run())
+    ready = asyncio.ensure_future(daemon.ready.wait())
+    await asyncio.wait({task, ready}, timeout=DEADLINE, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        ready.cancel()
+        pytest.fail(f"the daemon did not get ready (exit {task.result() if task.done() else '?'})")
+    try:
+        yield daemon
+    finally:
+        daemon.shutdown()
+        await asyncio.wait_for(task, 60)
 
 
 @dataclass(frozen=True)

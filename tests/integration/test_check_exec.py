@@ -9,21 +9,16 @@ the check passes, exactly one SIGHUP arrives, so none came from the failed attem
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import pwd
 import sys
-import textwrap
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from conftest import DEADLINE, Recording, Reloadd, recorder_command, wait_for
-from reloadd.config import load
-from reloadd.daemon import Daemon
+from conftest import Recording, Reloadd, recorder_command, running, until, wait_for
+from conftest import toml_value as _q
 
 pytestmark = pytest.mark.slow
 
@@ -35,45 +30,6 @@ if "broken" in text:
     print("app.conf:1: unexpected token 'broken'", file=sys.stderr)
     sys.exit(1)
 """
-
-
-def _q(value: object) -> str:
-    """A TOML value (JSON strings and lists are valid TOML)."""
-    import json
-
-    return json.dumps([str(v) for v in value] if isinstance(value, list) else str(value))
-
-
-async def until(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll ``predicate`` under a deadline, in the loop (the daemon runs meanwhile)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-@contextlib.asynccontextmanager
-async def running(tmp_path: Path, services: str) -> AsyncIterator[Daemon]:
-    """An in-process Daemon on a config file; shut down (services stopped) afterwards."""
-    cfg = tmp_path / "inproc.toml"
-    head = f"[daemon]\nsocket = {_q(tmp_path / 'ctl.sock')}\n\n"
-    cfg.write_text(head + textwrap.dedent(services))
-    daemon = Daemon(load(cfg))
-    task = asyncio.ensure_future(daemon.run())
-    ready = asyncio.ensure_future(daemon.ready.wait())
-    await asyncio.wait({task, ready}, timeout=DEADLINE, return_when=asyncio.FIRST_COMPLETED)
-    if not ready.done():
-        ready.cancel()
-        pytest.fail(f"the daemon did not get ready (exit {task.result() if task.done() else '?'})")
-    try:
-        yield daemon
-    finally:
-        daemon.shutdown()
-        await asyncio.wait_for(task, 60)
 
 
 def _gone(pid: int) -> bool:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_check_exec import _q, running, until
 
-from conftest import Recording, Reloadd, recorder_command, wait_for
+from conftest import Recording, Reloadd, recorder_command, running, until, wait_for
+from conftest import toml_value as _q
 from reloadd import target
 
 pytestmark = pytest.mark.slow

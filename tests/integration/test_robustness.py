@@ -10,9 +10,8 @@ import subprocess
 import sys
 
 import pytest
-from test_check_exec import running, until
 
-from conftest import RECORDER, Recording, recorder_command, wait_for
+from conftest import RECORDER, Recording, recorder_command, running, until, wait_for
 from reloadd.protocol import CommandError
 from reloadd.service import Service, State
 

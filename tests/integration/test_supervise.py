@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_check_exec import _q, running, until
 
-from conftest import DEADLINE, wait_for
+from conftest import DEADLINE, running, until, wait_for
+from conftest import toml_value as _q
 from reloadd.protocol import CommandError
 
 pytestmark = pytest.mark.slow
