@@ -159,13 +159,15 @@ async def running(tmp_path: Path, services: str) -> AsyncIterator[Any]:
     daemon = Daemon(load(cfg))
     task = asyncio.ensure_future(daemon.run())
     ready = asyncio.ensure_future(daemon.ready.wait())
-    await asyncio.wait({task, ready}, timeout=DEADLINE, return_when=asyncio.FIRST_COMPLETED)
-    if not ready.done():
-        ready.cancel()
-        pytest.fail(f"the daemon did not get ready (exit {task.result() if task.done() else '?'})")
     try:
+        await asyncio.wait({task, ready}, timeout=DEADLINE, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            exit_code = task.result() if task.done() else "?"
+            pytest.fail(f"the daemon did not get ready (exit {exit_code})")
         yield daemon
     finally:
+        # also when it never got ready: whatever it started must be stopped
         daemon.shutdown()
         await asyncio.wait_for(task, 60)
 
