@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from reloadd_testing import Recording, Reloadd, recorder_command, wait_for
 
+from reloadd.service import TIMER_SLACK
 from reloadd.trust import user_name
 
 pytestmark = pytest.mark.slow
@@ -181,7 +182,8 @@ def test_include_and_debounce_change_keep_process_command_change_restarts_once(
     assert str(app) not in second
     latency = _LATENCY.search(second)
     assert latency is not None, second
-    assert float(latency[1]) >= 300.0, second  # the new debounce held it back
+    # the new debounce held it back (reloadd may fire up to TIMER_SLACK early: epoll)
+    assert float(latency[1]) >= 300.0 - TIMER_SLACK * 1000, second
     assert a.rec.ready_pids() == [pid]
     assert a.rec.signals() == [pid, pid]
 
