@@ -124,6 +124,22 @@ def recorder_command(log: Path, *extra: str) -> list[str]:
     return [sys.executable, RECORDER, str(log), *extra]
 
 
+def write(path: Path, text: str = "x\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    """A watched application tree with a few files already in it (the baseline)."""
+    root = tmp_path / "app"
+    write(root / "app.py", "version = 1\n")
+    write(root / "config.yaml", "debug: false\n")
+    write(root / "pkg" / "models.py", "x = 1\n")
+    return root
+
+
 def toml_value(value: object) -> str:
     """A str, path, number, bool or list of those as TOML (JSON strings are TOML strings)."""
     if isinstance(value, bool):

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from reloadd_testing import Scenario, require, require_tool, wait_for
+from reloadd_testing import Scenario, require, require_tool, wait_for, write
 
 from reloadd.config import ServiceSpec
 from reloadd.service import Service
@@ -27,12 +27,6 @@ from reloadd.watch.filters import PathFilter
 from reloadd.watch.inotify import Hub
 
 FUSE_MAGIC = 0x65735546
-
-
-def write(path: Path, text: str = "x\n") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from reloadd_testing import Recording, recorder_command, require, toml_value, wait_for
+from reloadd_testing import Recording, recorder_command, require, toml_value, wait_for, write
 
 from reloadd.watch import poll
 from reloadd.watch.filters import PathFilter
@@ -74,21 +74,6 @@ def settle(tree: PollTree, reports: Reports) -> list[list[str]]:
     assert reports.changes() == [], "reported before a quiet scan"
     tree.scan()
     return reports.take()
-
-
-def write(path: Path, text: str = "x\n") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    root = tmp_path / "app"
-    write(root / "app.py", "version = 1\n")
-    write(root / "config.yaml", "debug: false\n")
-    write(root / "pkg" / "models.py", "x = 1\n")
-    return root
 
 
 # -- the diff, as a pure function -------------------------------------------------------

@@ -27,27 +27,12 @@ from reloadd_testing import (
     require_tool,
     toml_value,
     wait_for,
+    write,
 )
 
 pytestmark = pytest.mark.slow
 
 Start = Callable[..., Scenario]
-
-
-def write(path: Path, text: str = "x\n") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    """A watched application tree with a few files already in it (the baseline)."""
-    root = tmp_path / "app"
-    write(root / "app.py", "version = 1\n")
-    write(root / "config.yaml", "debug: false\n")
-    write(root / "pkg" / "models.py", "x = 1\n")
-    return root
 
 
 # --------------------------------------------------------------------------- saves

@@ -29,6 +29,7 @@ from reloadd_testing import (
     require_tool,
     toml_value,
     wait_for,
+    write,
 )
 
 pytestmark = pytest.mark.slow
@@ -89,12 +90,6 @@ def start_in_userns(tmp_path: Path) -> Iterator[Start]:
                 r.proc.kill()
                 r.proc.wait()
         r.notify.close()
-
-
-def write(path: Path, text: str = "x\n") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
 
 
 def service(name: str, watch: Path, log: Path, **keys: str) -> str:
