@@ -37,16 +37,35 @@ import errno
 import logging
 import os
 import stat
+import struct
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import inotify_simple
-from inotify_simple import flags as F
 
 from reloadd.watch.filters import VCS_DIRS, PathFilter, display
 
 log = logging.getLogger("reloadd.watch")
+
+
+class F:
+    """The inotify flags as plain ints: ``IntFlag`` arithmetic costs a call per event."""
+
+    _f = inotify_simple.flags
+    CREATE, DELETE, MODIFY, CLOSE_WRITE = (
+        int(_f.CREATE),
+        int(_f.DELETE),
+        int(_f.MODIFY),
+        int(_f.CLOSE_WRITE),
+    )
+    MOVED_FROM, MOVED_TO, ATTRIB = int(_f.MOVED_FROM), int(_f.MOVED_TO), int(_f.ATTRIB)
+    DELETE_SELF, MOVE_SELF, IGNORED = int(_f.DELETE_SELF), int(_f.MOVE_SELF), int(_f.IGNORED)
+    ONLYDIR, DONT_FOLLOW, ISDIR = int(_f.ONLYDIR), int(_f.DONT_FOLLOW), int(_f.ISDIR)
+    Q_OVERFLOW = int(_f.Q_OVERFLOW)
+    del _f
+
 
 _COMMON = (
     F.CREATE
@@ -64,6 +83,10 @@ MASK = _COMMON | 0x04000000  # IN_EXCL_UNLINK: no events for files already unlin
 _NOFOLLOW = F.DONT_FOLLOW
 _VCS_LOCKS = frozenset({"index.lock", "wlock"})
 _READ_SIZE = 1 << 20
+_HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then name)
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+Event = tuple[int, int, str]  # wd, mask, name (str as os.fsdecode gives it)
 
 Sink = Callable[["Tree", list[str]], None]
 _BORN_CAP = 10_000  # created files remembered for retraction; past it, only the nicety is lost
@@ -167,7 +190,7 @@ class Hub:
 
     # -- reading --------------------------------------------------------------------
 
-    def _overflowed(self, events: list[inotify_simple.Event]) -> None:
+    def _overflowed(self, events: list[Event]) -> None:
         """Events were lost: a rescan of every tree stands in for all of them (and for
         those that came after the overflow in the same read). Only ``IN_IGNORED`` (the
         kernel dropped a watch) still has to be taken in, so no slot outlives its watch.
@@ -178,10 +201,10 @@ class Hub:
             "watch paths; every service counts it as a change",
             len(self.trees),
         )
-        for ev in events:
-            if ev.mask & F.IGNORED:
-                for slot in self.slots.pop(ev.wd, ()):
-                    slot.tree.on_event(slot, ev.wd, ev.mask, ev.name)
+        for wd, mask, name in events:
+            if mask & F.IGNORED:
+                for slot in self.slots.pop(wd, ()):
+                    slot.tree.on_event(slot, wd, mask, name)
         trees = list(self.trees)
         for tree in trees:
             tree.rescan()
@@ -216,22 +239,52 @@ class Hub:
             self.reading = False
 
     def _route(self, data: bytes) -> None:
-        events = inotify_simple.parse_events(data)
-        if any(ev.mask & F.Q_OVERFLOW for ev in events):
+        events, overflowed = parse(data)
+        if overflowed:
             self._overflowed(events)
             return
+        slots = self.slots
         touched: set[Tree] = set()
-        for ev in events:
-            owners = self.slots.get(ev.wd)
+        for wd, mask, name in events:
+            owners = slots.get(wd)
             if owners is None:
                 continue
-            if ev.mask & F.IGNORED:
-                del self.slots[ev.wd]
+            if mask & F.IGNORED:
+                del slots[wd]
+            if len(owners) == 1:  # the common case; a handler may change ``owners``
+                slot = owners[0]
+                slot.tree.on_event(slot, wd, mask, name)
+                touched.add(slot.tree)
+                continue
             for slot in list(owners):
-                slot.tree.on_event(slot, ev.wd, ev.mask, ev.name)
+                slot.tree.on_event(slot, wd, mask, name)
                 touched.add(slot.tree)
         for tree in touched:
             tree.flush()
+
+
+def parse(data: bytes) -> tuple[list[Event], bool]:
+    """The events in ``data`` (as read from an inotify fd), and whether the queue overflowed.
+
+    A ``MODIFY`` directly followed by ``CLOSE_WRITE`` of the same file is left out: the
+    close says all it says (the path changed, and it is not open for writing any more),
+    and in a storm of rewrites it halves the events to route.
+    """
+    events: list[Event] = []
+    overflowed = False
+    unpack, size, end, pos = _HEADER.unpack_from, _HEADER.size, len(data), 0
+    prev_wd, prev_mask, prev_raw = -1, 0, b""
+    while pos < end:
+        wd, mask, _cookie, length = unpack(data, pos)
+        pos += size + length
+        raw = data[pos - length : pos].rstrip(b"\0")
+        if mask & F.Q_OVERFLOW:
+            overflowed = True
+        elif mask == F.CLOSE_WRITE and prev_mask == F.MODIFY and wd == prev_wd and raw == prev_raw:
+            events.pop()
+        prev_wd, prev_mask, prev_raw = wd, mask, raw
+        events.append((wd, mask, raw.decode(_FS_ENCODING, _FS_ERRORS)))
+    return events, overflowed
 
 
 @dataclass(eq=False)

@@ -1,0 +1,77 @@
+"""The inotify event parser: bytes as the kernel lays them out -> (wd, mask, name).
+
+The byte strings are built here with the kernel's ``struct inotify_event`` layout, which is
+the only way to give the parser an exact sequence (the real kernel is exercised by every
+integration test); one test checks the layout against a real inotify fd.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import inotify_simple
+
+from reloadd.watch.inotify import F, parse
+
+
+def event(wd: int, mask: int, name: bytes = b"", pad: int = 16) -> bytes:
+    """One ``struct inotify_event``: the name NUL-padded to a multiple of ``pad``."""
+    size = 0 if not name else (len(name) // pad + 1) * pad
+    return struct.pack("iIII", wd, mask, 0, size) + name.ljust(size, b"\0")
+
+
+def test_names_are_decoded_like_os_fsdecode_and_padding_is_dropped() -> None:
+    data = event(1, F.CREATE, b"app.py") + event(2, F.DELETE, b"caf\xc3") + event(1, F.ATTRIB)
+    events, overflowed = parse(data)
+    assert not overflowed
+    assert events == [
+        (1, F.CREATE, "app.py"),
+        (2, F.DELETE, os.fsdecode(b"caf\xc3")),
+        (1, F.ATTRIB, ""),
+    ]
+
+
+def test_a_modify_directly_followed_by_its_close_is_one_event() -> None:
+    data = (
+        event(1, F.MODIFY, b"a.py")
+        + event(1, F.CLOSE_WRITE, b"a.py")
+        + event(1, F.MODIFY, b"b.py")  # closed later, after another file's event: kept
+        + event(1, F.MODIFY, b"c.py")
+        + event(1, F.CLOSE_WRITE, b"b.py")
+        + event(2, F.MODIFY, b"c.py")  # same name in another directory: kept
+        + event(1, F.CLOSE_WRITE, b"c.py")
+    )
+    events, _ = parse(data)
+    assert events == [
+        (1, F.CLOSE_WRITE, "a.py"),
+        (1, F.MODIFY, "b.py"),
+        (1, F.MODIFY, "c.py"),
+        (1, F.CLOSE_WRITE, "b.py"),
+        (2, F.MODIFY, "c.py"),
+        (1, F.CLOSE_WRITE, "c.py"),
+    ]
+
+
+def test_overflow_is_reported_and_the_other_events_are_kept() -> None:
+    data = event(1, F.CREATE, b"x") + event(-1, F.Q_OVERFLOW) + event(1, F.IGNORED)
+    events, overflowed = parse(data)
+    assert overflowed
+    assert (1, F.IGNORED, "") in events
+
+
+def test_the_layout_matches_the_real_kernel(tmp_path: Path) -> None:
+    ino = inotify_simple.INotify(nonblocking=True)
+    try:
+        wd = ino.add_watch(str(tmp_path), F.CREATE | F.MODIFY | F.CLOSE_WRITE)
+        (tmp_path / "a-rather-long-file-name.txt").write_bytes(b"x")
+        data = os.read(ino.fileno(), 1 << 16)
+    finally:
+        ino.close()
+    events, overflowed = parse(data)
+    assert not overflowed
+    assert events == [
+        (wd, F.CREATE, "a-rather-long-file-name.txt"),
+        (wd, F.CLOSE_WRITE, "a-rather-long-file-name.txt"),
+    ]
