@@ -614,11 +614,14 @@ def parse_pid(raw: bytes, path: str) -> int:
     return pid
 
 
-def path_writers(path: str, file_stat: os.stat_result | None = None) -> trust.Writers:
+def path_writers(
+    path: str, file_stat: os.stat_result | None = None, found: trust.Writers | None = None
+) -> trust.Writers:
     """Who besides root could have written ``path`` (``trust.writers``, the rule of
-    systemd's PIDFile=), counting ``file_stat`` too: the file as it was opened, should the
-    path have been changed since."""
-    found = trust.writers(path)
+    systemd's PIDFile=, or ``found`` when the caller has it), counting ``file_stat`` too: the
+    file as it was opened, should the path have been changed since."""
+    if found is None:
+        found = trust.writers(path)
     opened = None if file_stat is None else trust.judge(found.path, file_stat)
     if opened is None or opened in found.entries:
         return found
@@ -628,15 +631,22 @@ def path_writers(path: str, file_stat: os.stat_result | None = None) -> trust.Wr
 def process_uid(pid: int) -> int:
     """The real uid of ``pid`` (from /proc/PID/status), as systemd checks it."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("State:") and line.split()[1] in ("Z", "X"):
-                    raise DeliveryError(f"pid {pid} has exited (it is a zombie)")
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
+        fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError):
-        pass
-    raise DeliveryError(f"pid {pid} does not exist (stale pidfile?)")
+        raise DeliveryError(f"pid {pid} does not exist (stale pidfile?)") from None
+    try:
+        status = os.read(fd, 1 << 16)
+    except ProcessLookupError:
+        status = b""
+    finally:
+        os.close(fd)
+    fields = dict(line.split(b":", 1) for line in status.splitlines() if b":" in line)
+    state, uid = fields.get(b"State", b"").split(), fields.get(b"Uid", b"").split()
+    if state and state[0] in (b"Z", b"X"):
+        raise DeliveryError(f"pid {pid} has exited (it is a zombie)")
+    if not uid:
+        raise DeliveryError(f"pid {pid} does not exist (stale pidfile?)")
+    return int(uid[0])
 
 
 def _uid_of(user: str) -> int:
@@ -657,6 +667,7 @@ class Pidfile:
         assert spec.pidfile is not None
         self.spec = spec
         self.path = spec.pidfile
+        self._writers = trust.Memo(spec.pidfile)
 
     def read(self) -> tuple[int, os.stat_result]:
         """The pid in the pidfile and the file's stat, read through one descriptor."""
@@ -691,7 +702,7 @@ class Pidfile:
             )
         owner = process_uid(pid)
         if os.geteuid() == 0:
-            writers = path_writers(self.path, file_stat)
+            writers = path_writers(self.path, file_stat, self._writers())
             if writers.open_by is not None:
                 entry = writers.open_by
                 raise DeliveryError(

@@ -170,6 +170,56 @@ def writers(path: str | os.PathLike[str]) -> Writers:
     return Writers(named, tuple(found.entries), tuple(found.errors))
 
 
+Signature = tuple[tuple[int, ...], ...]
+
+
+def signature(path: str | os.PathLike[str]) -> Signature | None:
+    """All that ``writers(path)`` depends on, from one ``lstat`` per entry on the way up.
+
+    None when that is not enough to tell: a symlink on the way (its target is judged too)
+    or an entry that cannot be looked at.
+    """
+    out: list[tuple[int, ...]] = []
+    for here in _ancestry(os.path.abspath(os.fspath(path))):
+        try:
+            st = os.lstat(here)
+        except (FileNotFoundError, NotADirectoryError):
+            out.append(())
+            continue
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return None
+        out.append((st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid))
+    return tuple(out)
+
+
+class Memo:
+    """``writers(path)``, judged again only when its ``signature`` changed.
+
+    For a path checked on every event (a pidfile before each signal): the entries are
+    looked at afresh each time, only the judging is skipped. A verdict is kept only when
+    the signature was the same before and after it was made, so a change racing the
+    judging is never remembered under the wrong signature.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._key: Signature | None = None
+        self._found: Writers | None = None
+
+    def __call__(self) -> Writers:
+        key = signature(self.path)
+        if key is not None and key == self._key and self._found is not None:
+            return self._found
+        found = writers(self.path)
+        if key is not None and signature(self.path) == key:
+            self._key, self._found = key, found
+        else:
+            self._key, self._found = None, None
+        return found
+
+
 class _Walk:
     def __init__(self) -> None:
         self.entries: list[Entry] = []

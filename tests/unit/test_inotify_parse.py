@@ -13,7 +13,7 @@ from pathlib import Path
 
 import inotify_simple
 
-from reloadd.watch.inotify import F, parse
+from reloadd.watch.inotify import F, ignored, overflowed, parse
 
 
 def event(wd: int, mask: int, name: bytes = b"", pad: int = 16) -> bytes:
@@ -24,9 +24,8 @@ def event(wd: int, mask: int, name: bytes = b"", pad: int = 16) -> bytes:
 
 def test_names_are_decoded_like_os_fsdecode_and_padding_is_dropped() -> None:
     data = event(1, F.CREATE, b"app.py") + event(2, F.DELETE, b"caf\xc3") + event(1, F.ATTRIB)
-    events, overflowed = parse(data)
-    assert not overflowed
-    assert events == [
+    assert not overflowed(data)
+    assert parse(data) == [
         (1, F.CREATE, "app.py"),
         (2, F.DELETE, os.fsdecode(b"caf\xc3")),
         (1, F.ATTRIB, ""),
@@ -43,8 +42,7 @@ def test_a_modify_directly_followed_by_its_close_is_one_event() -> None:
         + event(2, F.MODIFY, b"c.py")  # same name in another directory: kept
         + event(1, F.CLOSE_WRITE, b"c.py")
     )
-    events, _ = parse(data)
-    assert events == [
+    assert parse(data) == [
         (1, F.CLOSE_WRITE, "a.py"),
         (1, F.MODIFY, "b.py"),
         (1, F.MODIFY, "c.py"),
@@ -54,11 +52,15 @@ def test_a_modify_directly_followed_by_its_close_is_one_event() -> None:
     ]
 
 
-def test_overflow_is_reported_and_the_other_events_are_kept() -> None:
-    data = event(1, F.CREATE, b"x") + event(-1, F.Q_OVERFLOW) + event(1, F.IGNORED)
-    events, overflowed = parse(data)
-    assert overflowed
-    assert (1, F.IGNORED, "") in events
+def test_overflow_and_ignored_records_are_found_only_where_events_start() -> None:
+    # the patterns' bytes as far as a name (no NUL inside) or another header can hold them
+    decoys = event(7, F.CREATE, b"\xff" * 4) + event(32768, F.CREATE, b"\x80" * 15)
+    assert not overflowed(decoys)
+    assert ignored(decoys) == []
+    data = decoys + event(32768, F.IGNORED) + event(1, F.CREATE, b"x") + event(-1, F.Q_OVERFLOW)
+    assert overflowed(data)
+    assert ignored(data) == [32768]
+    assert ignored(event(3, F.IGNORED) + event(5, F.DELETE_SELF) + event(5, F.IGNORED)) == [3, 5]
 
 
 def test_the_layout_matches_the_real_kernel(tmp_path: Path) -> None:
@@ -69,9 +71,8 @@ def test_the_layout_matches_the_real_kernel(tmp_path: Path) -> None:
         data = os.read(ino.fileno(), 1 << 16)
     finally:
         ino.close()
-    events, overflowed = parse(data)
-    assert not overflowed
-    assert events == [
+    assert not overflowed(data)
+    assert parse(data) == [
         (wd, F.CREATE, "a-rather-long-file-name.txt"),
         (wd, F.CLOSE_WRITE, "a-rather-long-file-name.txt"),
     ]

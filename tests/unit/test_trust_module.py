@@ -221,3 +221,43 @@ def test_symlink_loop_is_an_error_not_a_hang(tmp_path: Path) -> None:
     (tmp_path / "b").symlink_to(tmp_path / "a")
     found = trust.writers(tmp_path / "a" / "f")  # returns: each entry is looked at once
     assert found.path == str(tmp_path / "a" / "f")
+
+
+def test_memo_judges_again_whenever_an_entry_on_the_way_changes(tmp_path: Path) -> None:
+    d = _root_dir(tmp_path)
+    f = _file(d)
+    memo = trust.Memo(str(f))
+    assert memo().root_only
+    assert memo() is memo()  # nothing changed: the verdict is reused
+
+    f.chmod(0o666)  # the file itself
+    assert memo().anyone
+    f.chmod(0o644)
+    assert memo().root_only
+
+    d.chmod(0o777)  # a directory above it
+    assert memo().anyone
+    d.chmod(0o755)
+    os.chown(d, NOBODY, 0)
+    assert memo().users == {NOBODY}
+    os.chown(d, 0, 0)
+    assert memo().root_only
+
+    # the directory replaced by another with the same mode and owner, holding a file
+    # owned by nobody: a new inode on the way, judged afresh
+    other = _root_dir(tmp_path, "other")
+    _file(other, uid=NOBODY)
+    d.rename(tmp_path / "old")
+    other.rename(d)
+    assert memo().users == {NOBODY}
+
+
+def test_memo_with_a_symlink_on_the_way_judges_every_time(tmp_path: Path) -> None:
+    real = _root_dir(tmp_path, "real")
+    _file(real)
+    (tmp_path / "link").symlink_to(real)
+    memo = trust.Memo(str(tmp_path / "link" / "f"))
+    assert trust.signature(memo.path) is None
+    assert memo().root_only
+    real.chmod(0o777)  # the link's target: only a full judging sees it
+    assert memo().anyone

@@ -190,7 +190,7 @@ class Hub:
 
     # -- reading --------------------------------------------------------------------
 
-    def _overflowed(self, events: list[Event]) -> None:
+    def _overflowed(self, data: bytes) -> None:
         """Events were lost: a rescan of every tree stands in for all of them (and for
         those that came after the overflow in the same read). Only ``IN_IGNORED`` (the
         kernel dropped a watch) still has to be taken in, so no slot outlives its watch.
@@ -201,10 +201,9 @@ class Hub:
             "watch paths; every service counts it as a change",
             len(self.trees),
         )
-        for wd, mask, name in events:
-            if mask & F.IGNORED:
-                for slot in self.slots.pop(wd, ()):
-                    slot.tree.on_event(slot, wd, mask, name)
+        for wd in ignored(data):
+            for slot in self.slots.pop(wd, ()):
+                slot.tree.on_event(slot, wd, F.IGNORED, "")
         trees = list(self.trees)
         for tree in trees:
             tree.rescan()
@@ -239,13 +238,12 @@ class Hub:
             self.reading = False
 
     def _route(self, data: bytes) -> None:
-        events, overflowed = parse(data)
-        if overflowed:
-            self._overflowed(events)
+        if overflowed(data):
+            self._overflowed(data)
             return
         slots = self.slots
         touched: set[Tree] = set()
-        for wd, mask, name in events:
+        for wd, mask, name in parse(data):
             owners = slots.get(wd)
             if owners is None:
                 continue
@@ -263,28 +261,55 @@ class Hub:
             tree.flush()
 
 
-def parse(data: bytes) -> tuple[list[Event], bool]:
-    """The events in ``data`` (as read from an inotify fd), and whether the queue overflowed.
+def parse(data: bytes) -> list[Event]:
+    """The events in ``data``, as read from an inotify fd.
 
     A ``MODIFY`` directly followed by ``CLOSE_WRITE`` of the same file is left out: the
     close says all it says (the path changed, and it is not open for writing any more),
     and in a storm of rewrites it halves the events to route.
     """
     events: list[Event] = []
-    overflowed = False
     unpack, size, end, pos = _HEADER.unpack_from, _HEADER.size, len(data), 0
     prev_wd, prev_mask, prev_raw = -1, 0, b""
     while pos < end:
         wd, mask, _cookie, length = unpack(data, pos)
         pos += size + length
         raw = data[pos - length : pos].rstrip(b"\0")
-        if mask & F.Q_OVERFLOW:
-            overflowed = True
-        elif mask == F.CLOSE_WRITE and prev_mask == F.MODIFY and wd == prev_wd and raw == prev_raw:
+        if mask == F.CLOSE_WRITE and prev_mask == F.MODIFY and wd == prev_wd and raw == prev_raw:
             events.pop()
         prev_wd, prev_mask, prev_raw = wd, mask, raw
         events.append((wd, mask, raw.decode(_FS_ENCODING, _FS_ERRORS)))
-    return events, overflowed
+    return events
+
+
+# An overflow means a rescan, so reading its (up to max_queued_events) events one by one
+# would be wasted: the overflow record and the IN_IGNORED records are found by a byte
+# search instead. It is exact, not a guess: every event starts at a multiple of 16 bytes
+# (the kernel pads each name with NULs to a multiple of the 16-byte header), and both
+# patterns have a NUL followed by a non-NUL byte, which no name (NUL-terminated, then
+# only NUL padding) can hold.
+_ALIGN = _HEADER.size
+_OVERFLOW = _HEADER.pack(-1, F.Q_OVERFLOW, 0, 0)
+_IGNORED_TAIL = _HEADER.pack(0, F.IGNORED, 0, 0)[4:]  # all but the wd
+
+
+def _aligned(data: bytes, pattern: bytes, offset: int) -> Iterator[int]:
+    """The start of each event whose bytes from ``offset`` on begin with ``pattern``."""
+    at = data.find(pattern, offset)
+    while at >= 0:
+        if (at - offset) % _ALIGN == 0:
+            yield at - offset
+        at = data.find(pattern, at + 1)
+
+
+def overflowed(data: bytes) -> bool:
+    """Whether ``data`` (whole events, as read) holds the queue-overflow record."""
+    return next(_aligned(data, _OVERFLOW, 0), None) is not None
+
+
+def ignored(data: bytes) -> list[int]:
+    """The watch descriptors of the ``IN_IGNORED`` records (watch removed) in ``data``."""
+    return [_HEADER.unpack_from(data, at)[0] for at in _aligned(data, _IGNORED_TAIL, 4)]
 
 
 @dataclass(eq=False)
@@ -638,9 +663,15 @@ def _open_long(path: str, flags: int) -> int:
 
 
 def _entries(it: Iterator[os.DirEntry[str]], files: bool) -> list[tuple[str, bool]]:
-    if files:
-        return [(e.name, _is_dir(e)) for e in it]
-    return [(e.name, True) for e in it if _is_dir(e)]  # arming needs directories only
+    entries = list(it)
+    try:  # is_dir() answers from d_type; it can only fail where it has to stat
+        if files:
+            return [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        return [(e.name, True) for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        if files:
+            return [(e.name, _is_dir(e)) for e in entries]
+        return [(e.name, True) for e in entries if _is_dir(e)]  # arming needs directories
 
 
 def _scandir(path: str, files: bool) -> list[tuple[str, bool]]:
