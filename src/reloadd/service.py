@@ -225,7 +225,7 @@ class Service:
                 self.coalescer.holding = any(t.holding for t in self.trees)
                 due = None if self.paused else self.coalescer.due_at()
                 if due is not None and due <= loop.time() + TIMER_SLACK:
-                    self.hub.drain()
+                    self.hub.drain(since=due)  # unless it was read empty since the batch was due
                     if self._inbox:
                         continue  # more arrived: the batch has not settled yet
                     await self._reload(self.coalescer.take(loop.time()), "change")

@@ -32,6 +32,7 @@ import functools
 import logging
 import os
 import pwd
+import select
 import signal
 import stat
 import subprocess
@@ -584,9 +585,10 @@ def _describe_exit(code: int | None) -> str:
 # -- pidfiles ---------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
+@functools.cache
 def _pid_max() -> int:
-    """kernel.pid_max, read once (it is set at boot; a delivery need not re-read it)."""
+    """kernel.pid_max, read once (``parse_pid`` reads it again before refusing a pid above
+    it: it may have been raised since)."""
     try:
         with open("/proc/sys/kernel/pid_max") as f:
             return int(f.read().strip())
@@ -605,6 +607,9 @@ def parse_pid(raw: bytes, path: str) -> int:
         raise DeliveryError(f"pidfile {path} does not hold a pid: {text[:20]!r}")
     pid = int(text)
     limit = _pid_max()
+    if pid > limit:
+        _pid_max.cache_clear()
+        limit = _pid_max()
     if pid > limit:
         raise DeliveryError(f"pidfile {path} holds pid {pid}, beyond the kernel's pid_max {limit}")
     if pid <= 1:
@@ -649,6 +654,14 @@ def process_uid(pid: int) -> int:
     return int(uid[0])
 
 
+def _exited(pidfd: int) -> bool:
+    """Whether the process pinned by ``pidfd`` has exited (pidfd_open(2): it polls readable
+    from then on, zombie or reaped)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def _uid_of(user: str) -> int:
     return int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
 
@@ -668,6 +681,8 @@ class Pidfile:
         self.spec = spec
         self.path = spec.pidfile
         self._writers = trust.Memo(spec.pidfile)
+        # fixed for the daemon's life (a --detach daemon is made after it has detached)
+        self._own_pgrp, self._as_root = os.getpgrp(), os.geteuid() == 0
 
     def read(self) -> tuple[int, os.stat_result]:
         """The pid in the pidfile and the file's stat, read through one descriptor."""
@@ -690,18 +705,25 @@ class Pidfile:
     def read_pid(self) -> int:
         return self.read()[0]
 
-    def vet(self, pid: int, file_stat: os.stat_result) -> None:
-        """Refuse a pid that the pidfile's writers must not be able to aim reloadd at."""
+    def vet(self, pid: int, file_stat: os.stat_result, pidfd: int) -> None:
+        """Refuse a pid that the pidfile's writers must not be able to aim reloadd at.
+
+        ``pidfd`` (pinning ``pid``) tells whether the process has exited (a zombie): a
+        signal to it would be "delivered" and do nothing. The process's uid is read only
+        where a rule needs it (a pidfile a user could write, ``expect_user``).
+        """
         try:
             pgid = os.getpgid(pid)
         except ProcessLookupError:
             raise DeliveryError(f"pid {pid} from {self.path} does not exist (stale)") from None
-        if pgid == os.getpgrp():
+        if pgid == self._own_pgrp:
             raise DeliveryError(
                 f"pidfile {self.path} holds pid {pid}, which is in reloadd's own process group"
             )
-        owner = process_uid(pid)
-        if os.geteuid() == 0:
+        if _exited(pidfd):
+            raise DeliveryError(f"pid {pid} has exited (it is a zombie)")
+        owner: int | None = None
+        if self._as_root:
             writers = path_writers(self.path, file_stat, self._writers())
             if writers.open_by is not None:
                 entry = writers.open_by
@@ -715,14 +737,17 @@ class Pidfile:
                     f"pidfile {self.path} is not trusted: several users ({names}) could "
                     "have written it"
                 )
-            if writers.users and owner not in writers.users:
-                (writer,) = writers.users
-                raise DeliveryError(
-                    f"pidfile {self.path} could have been written by {trust.user_name(writer)}, "
-                    f"but pid {pid} belongs to {trust.user_name(owner)}: refusing to signal it "
-                    "(a pidfile an unprivileged user can write is only believed for that "
-                    "user's own processes)"
-                )
+            if writers.users:
+                owner = process_uid(pid)
+                if owner not in writers.users:
+                    (writer,) = writers.users
+                    raise DeliveryError(
+                        f"pidfile {self.path} could have been written by "
+                        f"{trust.user_name(writer)}, but pid {pid} belongs to "
+                        f"{trust.user_name(owner)}: refusing to signal it (a pidfile an "
+                        "unprivileged user can write is only believed for that user's own "
+                        "processes)"
+                    )
         if self.spec.expect_user is not None:
             try:
                 want = _uid_of(self.spec.expect_user)
@@ -730,6 +755,7 @@ class Pidfile:
                 raise DeliveryError(
                     f"expect_user {self.spec.expect_user!r} does not exist"
                 ) from None
+            owner = process_uid(pid) if owner is None else owner
             if owner != want:
                 raise DeliveryError(
                     f"pid {pid} from {self.path} belongs to {trust.user_name(owner)}, "
@@ -756,7 +782,7 @@ class Pidfile:
         except OSError as exc:  # pragma: no cover - Linux < 5.3
             raise DeliveryError(f"cannot open pid {pid}: {exc.strerror}") from None
         try:
-            self.vet(pid, st)
+            self.vet(pid, st, pidfd)
             if before_pidfile_signal is not None:
                 before_pidfile_signal(pid)
             if scope == "group":

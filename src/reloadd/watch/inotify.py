@@ -82,7 +82,8 @@ _COMMON = (
 MASK = _COMMON | 0x04000000  # IN_EXCL_UNLINK: no events for files already unlinked
 _NOFOLLOW = F.DONT_FOLLOW
 _VCS_LOCKS = frozenset({"index.lock", "wlock"})
-_READ_SIZE = 1 << 20
+_READ_SIZE = 1 << 16  # per read; a read is repeated while it comes back (nearly) full
+_MAX_EVENT = 16 + 256  # struct inotify_event with the longest name (NAME_MAX + NUL, padded)
 _HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then name)
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
@@ -123,6 +124,9 @@ class Hub:
         self.trees: set[Tree] = set()
         self.overflows = 0
         self.read_at = 0.0  # monotonic time of the read being routed
+        self.empty_at = 0.0  # monotonic time at which the queue was last read empty
+        self._buffer = bytearray(_READ_SIZE)
+        self._view = memoryview(self._buffer)
         self.reading = False
         self.loop = loop
         if loop is not None and self.inotify is not None:
@@ -210,30 +214,38 @@ class Hub:
         for tree in trees:
             tree.flush()
 
-    def drain(self) -> None:
+    def drain(self, since: float = float("inf")) -> None:
         """Route what the kernel has queued right now: a batch is not settled while
-        events for it are still waiting to be read (a storm outlasting the debounce)."""
-        if self.inotify is not None and not self.inotify.closed and not self.reading:
+        events for it are still waiting to be read (a storm outlasting the debounce).
+        Nothing to do when the queue was read empty at or after ``since`` (monotonic)."""
+        if self.empty_at >= since or self.reading:
+            return
+        if self.inotify is not None and not self.inotify.closed:
             self.read()
 
     def read(self) -> None:
         """Drain the fd, route every event, then tell each touched tree's sink."""
         chunks = []
         while True:
-            try:
-                data = os.read(self.fd, _READ_SIZE)
+            now = time.monotonic()
+            try:  # into a buffer kept for it: os.read would map and unmap 1 MiB each time
+                size = os.readv(self.fd, [self._buffer])
             except BlockingIOError:
+                size = 0
+            if size:
+                chunks.append(self._view[:size].tobytes())
+            # A read takes every queued event that fits: room left for the largest event
+            # means the queue was empty when it was read (no second read to hear EAGAIN).
+            if size <= _READ_SIZE - _MAX_EVENT:
+                self.empty_at = now
                 break
-            if not data:
-                break
-            chunks.append(data)
         if not chunks:
             return
         # Changes are dated when they were read, not when a long batch (a storm of
         # events) has been processed: the debounce counts from the kernel's report.
-        self.read_at, self.reading = time.monotonic(), True
+        self.read_at, self.reading = now, True
         try:
-            self._route(b"".join(chunks))
+            self._route(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         finally:
             self.reading = False
 
