@@ -40,6 +40,7 @@ INBOX_PATHS = PATH_COUNT_CAP + 1  # distinct paths held in the inbox during a re
 
 
 class State(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
     WAITING = "waiting"  # a watch path is missing; the others are watched
     WATCHING = "watching"
     PENDING = "pending"  # changes seen, waiting for them to settle
@@ -324,7 +325,8 @@ class Service:
             raise RuntimeError(
                 f"{self.name}: illegal state change {self.state.value} -> {new.value}"
             )
-        log.debug("%s: %s -> %s", self.name, self.state.value, new.value)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: %s -> %s", self.name, self.state.value, new.value)
         self.state = new
 
     def _settle_state(self, force: bool = False) -> None:

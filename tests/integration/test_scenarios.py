@@ -431,6 +431,26 @@ def test_single_file_appended_in_place(scenario: Start, backend: str, tmp_path: 
     s.confirm(2)
 
 
+def test_symlinked_single_file_written_through_its_target(
+    scenario: Start, backend: str, tmp_path: Path
+) -> None:
+    """A single-file watch path that is a symlink to a file of another name: writing the
+    target in place is one SIGHUP; a file written next to the target or the link is none."""
+    target = write(tmp_path / "shared" / "actual-name.conf", "a = 1\n")
+    link = tmp_path / "etc" / "app.conf"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    other = tmp_path / "other"
+    other.mkdir()
+    s = scenario([link, other], backend=backend, sentinel_dir=other)
+    write(tmp_path / "shared" / "neighbour.log", "not watched")
+    write(tmp_path / "etc" / "neighbour.log", "not watched")
+    s.confirm(0)
+    with open(target, "a") as f:
+        f.write("b = 2\n")
+    assert s.confirm(2)[1].paths == (str(link),)
+
+
 def test_two_services_share_a_directory(
     start_reloadd: Callable[..., object], backend: str, tmp_path: Path
 ) -> None:

@@ -80,6 +80,12 @@ _COMMON = (
     | F.ONLYDIR
 )
 MASK = _COMMON | 0x04000000  # IN_EXCL_UNLINK: no events for files already unlinked
+# What, seen on an anchor, can change where the root is or what it is: entries that come
+# and go (a root created, removed, renamed over, a symlink swapped), the anchor itself
+# going, and permissions. Content written there matters only to the root file's own name.
+_MOVES_THE_ROOT = (
+    F.CREATE | F.DELETE | F.MOVED_FROM | F.MOVED_TO | F.ATTRIB | F.DELETE_SELF | F.MOVE_SELF
+) | F.IGNORED
 _NOFOLLOW = F.DONT_FOLLOW
 _VCS_LOCKS = frozenset({"index.lock", "wlock"})
 _READ_SIZE = 1 << 16  # per read; a read is repeated while it comes back (nearly) full
@@ -351,6 +357,7 @@ class Tree:
     _gone: list[str] = field(default_factory=list)
     _dirty: bool = False
     _warned: set[str] = field(default_factory=set)
+    _names: set[str] = field(default_factory=set)  # the root's name, and its target's
 
     def __post_init__(self) -> None:
         self.root = os.path.normpath(os.path.abspath(self.root))
@@ -423,6 +430,8 @@ class Tree:
             self._on_dir(slot.rel, wd, mask, name)
 
     def _on_anchor(self, slot: Slot, wd: int, mask: int, name: str) -> None:
+        if not mask & _MOVES_THE_ROOT and (self.kind != "file" or name not in self._names):
+            return  # another file there was written (a log): nothing about the root changed
         if mask & F.IGNORED:
             if self.anchors.get(slot.rel) == wd:
                 del self.anchors[slot.rel]
@@ -554,9 +563,11 @@ class Tree:
 
     def _place_anchors(self) -> None:
         want = {_existing_ancestor(os.path.dirname(self.root))}
+        self._names = {os.path.basename(self.root)}
         if os.path.islink(self.root):
             target = os.path.realpath(self.root)
             want.add(_existing_ancestor(os.path.dirname(target)))
+            self._names.add(os.path.basename(target))
         for path in list(self.anchors):
             if path not in want:
                 self.hub.unwatch(self, self.anchors.pop(path), "anchor")
