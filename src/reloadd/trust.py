@@ -179,8 +179,12 @@ def signature(path: str | os.PathLike[str]) -> Signature | None:
     None when that is not enough to tell: a symlink on the way (its target is judged too)
     or an entry that cannot be looked at.
     """
+    return _signature(_ancestry(os.path.abspath(os.fspath(path))))
+
+
+def _signature(ancestry: list[str]) -> Signature | None:
     out: list[tuple[int, ...]] = []
-    for here in _ancestry(os.path.abspath(os.fspath(path))):
+    for here in ancestry:
         try:
             st = os.lstat(here)
         except (FileNotFoundError, NotADirectoryError):
@@ -204,16 +208,17 @@ class Memo:
     """
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        self.path = os.path.abspath(path)
+        self._ancestry = _ancestry(self.path)
         self._key: Signature | None = None
         self._found: Writers | None = None
 
     def __call__(self) -> Writers:
-        key = signature(self.path)
+        key = _signature(self._ancestry)
         if key is not None and key == self._key and self._found is not None:
             return self._found
         found = writers(self.path)
-        if key is not None and signature(self.path) == key:
+        if key is not None and _signature(self._ancestry) == key:
             self._key, self._found = key, found
         else:
             self._key, self._found = None, None

@@ -439,8 +439,8 @@ class WatchPath:
         """Make ``polled`` match the subtrees the inotify tree could not watch."""
         self._sync_soon = None
         tree = self.primary
-        if self._closed or not isinstance(tree, Tree):
-            return
+        if self._closed or not isinstance(tree, Tree) or not (tree.unwatched or self.polled):
+            return  # (the common case, on every report: nothing is or was polled)
         want = {
             rel
             for rel, why in tree.unwatched.items()
