@@ -731,16 +731,17 @@ class Pidfile:
                     f"pidfile {self.path} is not trusted: {entry.kind} {entry.describe()}, so "
                     "anyone could have written it; make it writable by its owner only"
                 )
-            if len(writers.users) > 1:
-                names = ", ".join(trust.user_name(u) for u in sorted(writers.users))
+            users = writers.users
+            if len(users) > 1:
+                names = ", ".join(trust.user_name(u) for u in sorted(users))
                 raise DeliveryError(
                     f"pidfile {self.path} is not trusted: several users ({names}) could "
                     "have written it"
                 )
-            if writers.users:
+            if users:
                 owner = process_uid(pid)
-                if owner not in writers.users:
-                    (writer,) = writers.users
+                if owner not in users:
+                    (writer,) = users
                     raise DeliveryError(
                         f"pidfile {self.path} could have been written by "
                         f"{trust.user_name(writer)}, but pid {pid} belongs to "
