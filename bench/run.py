@@ -53,6 +53,7 @@ class Scale:
     many_files: int
     many_checks: int
     storm_quiet_s: float
+    storm_reps: int
 
 
 FULL = Scale(
@@ -68,6 +69,7 @@ FULL = Scale(
     many_files=500,
     many_checks=5,
     storm_quiet_s=2.5,
+    storm_reps=3,
 )
 SMOKE = Scale(
     latency_files=200,
@@ -82,6 +84,7 @@ SMOKE = Scale(
     many_files=100,
     many_checks=2,
     storm_quiet_s=0.5,
+    storm_reps=1,
 )
 
 # Which subjects each section runs (before --subjects narrows them further).
@@ -158,14 +161,16 @@ def run_latency(ctx: Ctx, scale: Scale, trees: Trees, subjects: Sequence[Subject
 def run_storm(ctx: Ctx, scale: Scale, trees: Trees, subjects: Sequence[Subject]) -> Any:
     tree = trees.tree(scale.storm_files)
     repo = trees.git_repo(scale.git_files)
-    quiet = scale.storm_quiet_s
+    quiet, reps = scale.storm_quiet_s, scale.storm_reps
     chosen_subjects = chosen("storm", subjects)
+    measures = {
+        "rewrite": lambda s: storm.measure_rewrite(ctx, s, tree, quiet),
+        "overflow": lambda s: storm.measure_overflow(ctx, s, tree, quiet),
+        "git": lambda s: storm.measure_git(ctx, s, repo, quiet),
+    }
     return {
-        "rewrite": for_each(chosen_subjects, lambda s: storm.measure_rewrite(ctx, s, tree, quiet)),
-        "overflow": for_each(
-            chosen_subjects, lambda s: storm.measure_overflow(ctx, s, tree, quiet)
-        ),
-        "git": for_each(chosen_subjects, lambda s: storm.measure_git(ctx, s, repo, quiet)),
+        kind: for_each(chosen_subjects, lambda s, m=m: storm.repeat(lambda: m(s), reps))
+        for kind, m in measures.items()
     }
 
 

@@ -10,7 +10,9 @@
 
 After the first signal we wait for quiet (longer than reloadd's 2 s ``max_delay``), so a late
 second reload is counted too. Times are from the last write (the last close(), or the git
-process's exit) to the first and last signal; negative means before it.
+process's exit) to the first and last signal; negative means before it. Each storm is run
+``reps`` times (``repeat``): the signal count shown is the largest of the runs, the times
+are their medians, and every run is kept in the JSON.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import statistics
+from collections.abc import Callable
 from typing import Any
 
 from proc import BenchError, now_ns
@@ -90,3 +94,19 @@ def measure_git(ctx: Ctx, subject: Subject, repo: GitRepo, quiet: float) -> dict
         result = _result(session, mark, start, end)
     result["git_ms"] = result.pop("write_ms")
     return {"files": repo.tree.size, **result}
+
+
+def repeat(measure: Callable[[], dict[str, Any]], reps: int) -> dict[str, Any]:
+    """``measure`` run ``reps`` times: the most signals any run saw, the median times."""
+    runs = [measure() for _ in range(reps)]
+    if reps == 1:
+        return runs[0]
+    out = dict(runs[-1])
+    out["signals"] = max(r["signals"] for r in runs)
+    for key in ("first_after_last_write_ms", "last_after_last_write_ms", "write_ms", "git_ms"):
+        if key in out:
+            out[key] = statistics.median(r[key] for r in runs)
+    mentions = [r["log_overflow_mentions"] for r in runs]
+    out["log_overflow_mentions"] = None if None in mentions else min(mentions)
+    out["runs"] = runs
+    return out
