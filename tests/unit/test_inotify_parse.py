@@ -76,3 +76,9 @@ def test_the_layout_matches_the_real_kernel(tmp_path: Path) -> None:
         (wd, F.CREATE, "a-rather-long-file-name.txt"),
         (wd, F.CLOSE_WRITE, "a-rather-long-file-name.txt"),
     ]
+
+
+def test_the_flags_are_the_kernels() -> None:
+    for name in vars(F):
+        if not name.startswith("_"):
+            assert getattr(F, name) == int(inotify_simple.flags[name]), name

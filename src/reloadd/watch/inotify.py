@@ -51,20 +51,24 @@ log = logging.getLogger("reloadd.watch")
 
 
 class F:
-    """The inotify flags as plain ints: ``IntFlag`` arithmetic costs a call per event."""
+    """The inotify(7) flags (<sys/inotify.h>) as plain ints: ``IntFlag`` arithmetic would
+    cost a call per event."""
 
-    _f = inotify_simple.flags
-    CREATE, DELETE, MODIFY, CLOSE_WRITE = (
-        int(_f.CREATE),
-        int(_f.DELETE),
-        int(_f.MODIFY),
-        int(_f.CLOSE_WRITE),
-    )
-    MOVED_FROM, MOVED_TO, ATTRIB = int(_f.MOVED_FROM), int(_f.MOVED_TO), int(_f.ATTRIB)
-    DELETE_SELF, MOVE_SELF, IGNORED = int(_f.DELETE_SELF), int(_f.MOVE_SELF), int(_f.IGNORED)
-    ONLYDIR, DONT_FOLLOW, ISDIR = int(_f.ONLYDIR), int(_f.DONT_FOLLOW), int(_f.ISDIR)
-    Q_OVERFLOW = int(_f.Q_OVERFLOW)
-    del _f
+    MODIFY = 0x2
+    ATTRIB = 0x4
+    CLOSE_WRITE = 0x8
+    MOVED_FROM = 0x40
+    MOVED_TO = 0x80
+    CREATE = 0x100
+    DELETE = 0x200
+    DELETE_SELF = 0x400
+    MOVE_SELF = 0x800
+    Q_OVERFLOW = 0x4000
+    IGNORED = 0x8000
+    ONLYDIR = 0x1000000
+    DONT_FOLLOW = 0x2000000
+    EXCL_UNLINK = 0x4000000  # no events for files already unlinked
+    ISDIR = 0x40000000
 
 
 _COMMON = (
@@ -79,7 +83,7 @@ _COMMON = (
     | F.MOVE_SELF
     | F.ONLYDIR
 )
-MASK = _COMMON | 0x04000000  # IN_EXCL_UNLINK: no events for files already unlinked
+MASK = _COMMON | F.EXCL_UNLINK
 # What, seen on an anchor, can change where the root is or what it is: entries that come
 # and go (a root created, removed, renamed over, a symlink swapped), the anchor itself
 # going, and permissions. Content written there matters only to the root file's own name.
