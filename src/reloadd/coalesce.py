@@ -11,7 +11,8 @@ The rules (DESIGN.md):
 - held while the change set is visibly incomplete (a file modified but not closed, a VCS
   lock present): then only ``max_delay`` fires it;
 - a change that arrives while a reload is under way is kept for the next batch: it earns
-  one more reload, never none.
+  one more reload, never none. (``take`` starts a new batch at once; the caller runs one
+  reload at a time and asks ``due_at`` only between reloads.)
 
 Changed paths are kept up to ``PATH_SAMPLE_CAP`` for display and de-duplicated up to
 ``PATH_COUNT_CAP`` for an exact count; past that the count is a lower bound
@@ -46,7 +47,6 @@ class Coalescer:
     max_delay: float
     min_interval: float = 0.0
     holding: bool = False
-    in_flight: bool = False
     last_start: float | None = None
     _first: float | None = None
     _last: float = 0.0
@@ -96,8 +96,8 @@ class Coalescer:
             self._first, self._last = None, 0.0
 
     def due_at(self) -> float | None:
-        """When the pending batch should fire, or None (nothing pending, or busy)."""
-        if self._first is None or self.in_flight:
+        """When the pending batch should fire, or None (nothing pending)."""
+        if self._first is None:
             return None
         cap = self._first + self.max_delay
         at = cap if self.holding else min(self._last + self.debounce, cap)
@@ -106,7 +106,7 @@ class Coalescer:
         return at
 
     def take(self, now: float) -> Batch:
-        """Hand over the pending batch and mark a reload as under way."""
+        """Hand over the pending batch (empty for a manual reload) as a reload starts."""
         batch = Batch(
             paths=tuple(self._sample),
             count=len(self._seen) + self._overflowed,
@@ -116,10 +116,5 @@ class Coalescer:
         )
         self._first, self._last = None, 0.0
         self._seen, self._sample, self._overflowed, self._fresh = set(), [], 0, set()
-        self.in_flight = True
         self.last_start = now
         return batch
-
-    def finish(self) -> None:
-        """The reload is over; changes that arrived meanwhile form the next batch."""
-        self.in_flight = False

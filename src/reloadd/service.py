@@ -381,7 +381,6 @@ class Service:
         finally:
             record.duration_ms = round((loop.time() - started) * 1000, 3)
             self.history.append(record)
-            self.coalescer.finish()
             self._settle_state(force=True)
             if self.on_reload is not None:
                 self.on_reload(self, record)

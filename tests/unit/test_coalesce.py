@@ -1,7 +1,8 @@
 """Tests for reloadd.coalesce: the debounce / max_delay / min_interval / hold rules.
 
 The coalescer is pure: every call takes the time, so a fake clock drives it and nothing
-sleeps. ``Driver`` plays the part of the service task (fire when due, reload, finish).
+sleeps. ``Driver`` plays the part of the service task (fire when due, one reload at a
+time: it asks ``due_at`` only between reloads).
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ class Driver:
 
     def run_until(self, t: float) -> None:
         while True:
-            if self._reload_ends is not None and self._reload_ends <= t:
+            if self._reload_ends is not None:
+                if self._reload_ends > t:
+                    break  # busy: the service task is inside the reload
                 self.now = self._reload_ends
                 self._reload_ends = None
-                self.c.finish()
             due = self.c.due_at()
             if due is None or due > t:
                 break
@@ -50,8 +52,6 @@ class Driver:
             self.fired.append((self.now, self.c.take(self.now)))
             if self.reload_time > 0:
                 self._reload_ends = self.now + self.reload_time
-            else:
-                self.c.finish()
         self.now = max(self.now, t)
 
     def change(self, t: float, *paths: str) -> None:
@@ -168,7 +168,7 @@ def test_hold_released_fires_after_the_debounce() -> None:
     assert d.fired[0][1].count == 1
 
 
-# --------------------------------------------------------------------------- in flight
+# --------------------------------------------------------------------------- during a reload
 
 
 def test_changes_during_a_reload_earn_exactly_one_more() -> None:
@@ -176,11 +176,12 @@ def test_changes_during_a_reload_earn_exactly_one_more() -> None:
     d = Driver(make(), reload_time=1.0)
     d.change(0.0, "a")
     d.run_until(0.3)
-    assert d.c.in_flight
-    assert d.c.due_at() is None
+    assert d.times() == [0.3]
     for t in (0.4, 0.5, 0.6):
         d.change(t, f"during{t}")
-    assert d.c.due_at() is None  # busy: nothing fires while the reload runs
+    assert d.c.pending  # kept for the next batch
+    d.run_until(1.29)
+    assert d.times() == [0.3]  # settled at 0.9, but nothing fires while the reload runs
     d.run_until(10)
     assert d.times() == [0.3, pytest.approx(1.3)]
     assert d.fired[1][1].count == 3
@@ -202,10 +203,7 @@ def test_take_hands_over_and_resets() -> None:
     batch = c.take(0.4)
     assert batch == Batch(paths=("a", "b", "c"), count=3, count_exact=True, first=0.0, last=0.1)
     assert not c.pending
-    assert c.in_flight
     assert c.last_start == 0.4
-    c.finish()
-    assert not c.in_flight
     assert c.due_at() is None
 
 
@@ -266,7 +264,6 @@ def test_retract_spares_a_path_from_an_earlier_batch() -> None:
     c = make()
     c.add(0.0, ["plugin.py"])
     c.take(0.3)
-    c.finish()
     c.add(5.0, ["other.py"])
     c.add(5.1, ["plugin.py"])
     c.add(5.2, [])  # an empty add in between: nothing entered with it
