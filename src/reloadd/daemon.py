@@ -37,6 +37,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from reloadd import __version__
+from reloadd.coalesce import Coalescer
 from reloadd.config import Config, ConfigError, DaemonConfig, ServiceSpec, load, trust_problems
 from reloadd.control import ControlServer
 from reloadd.notify import Notifier
@@ -96,9 +97,8 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._config_trees: list[WatchPath] = []
         self._config_watched: tuple[bool, str] | None = None  # (watch_config, include)
+        self._config_changes = Coalescer(CONFIG_DEBOUNCE, CONFIG_MAX_DELAY)
         self._config_timer: asyncio.TimerHandle | None = None
-        self._config_first: float | None = None
-        self._config_paths: set[str] = set()
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -435,36 +435,44 @@ class Daemon:
             tree.close()
 
     def _on_config_change(self, tree: WatchPath, paths: list[str]) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self._config_first is None:
-            self._config_first = now
-        self._config_paths.update(paths or [tree.root])
-        self._arm_config_timer(now)
+        now = asyncio.get_running_loop().time()
+        self._config_changes.add(now, paths or [tree.root])
+        self._arm_config_timer()
 
-    def _arm_config_timer(self, now: float) -> None:
-        assert self._config_first is not None
+    def _arm_config_timer(self) -> None:
+        """(Re)set the timer for the pending config changes (``self._config_changes`` has
+        the rules). While a file is still open for writing (an in-place save) they wait up
+        to ``CONFIG_MAX_DELAY``, and the hold is looked at again every ``CONFIG_DEBOUNCE``:
+        the close that ends it is not always reported as a change (a file root whose
+        stat signature the close did not alter)."""
         loop = asyncio.get_running_loop()
-        at = min(now + CONFIG_DEBOUNCE, self._config_first + CONFIG_MAX_DELAY)
+        changes = self._config_changes
+        changes.holding = any(t.holding for t in self._config_trees)
+        due = changes.due_at()
         if self._config_timer is not None:
             self._config_timer.cancel()
-        self._config_timer = loop.call_at(at, self._config_settled)
+            self._config_timer = None
+        if due is None:
+            return
+        if changes.holding:
+            due = min(due, loop.time() + CONFIG_DEBOUNCE)
+        self._config_timer = loop.call_at(due, self._config_settled)
 
     def _config_settled(self) -> None:
         self._config_timer = None
-        if self._config_first is None:
+        changes = self._config_changes
+        changes.holding = any(t.holding for t in self._config_trees)
+        due = changes.due_at()
+        if due is None:
             return
         now = asyncio.get_running_loop().time()
-        # a file still open for writing (an in-place save): wait, up to CONFIG_MAX_DELAY
-        if any(t.holding for t in self._config_trees) and (
-            now < self._config_first + CONFIG_MAX_DELAY
-        ):
-            self._arm_config_timer(now)
+        if due > now:  # still held (or woken a hair early)
+            self._arm_config_timer()
             return
-        paths = sorted(self._config_paths)
-        self._config_first, self._config_paths = None, set()
+        batch = changes.take(now)
+        paths = sorted(batch.paths)
         shown = ", ".join(display(p) for p in paths[:5])
-        more = f", +{len(paths) - 5} more" if len(paths) > 5 else ""
+        more = f", +{batch.count - 5} more" if batch.count > 5 else ""
         log.info("config changed (%s%s); re-reading it", shown, more)
         self._spawn(self.reload_config())
 
