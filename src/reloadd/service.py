@@ -202,6 +202,13 @@ class Service:
         self._post(_Change(at, paths))
 
     def _on_retract(self, tree: WatchPath, paths: list[str]) -> None:
+        tail = self._inbox[-1] if self._inbox else None
+        if isinstance(tail, _Change) and tail.seen is not None:
+            # This read's paths were merged into changes of earlier reads (a reload is
+            # running): the coalescer could no longer tell them apart, and retracting a
+            # path could drop an earlier, real change of it (a file deleted, then created
+            # and removed again). Keep it: at worst a temp file is named in the next batch.
+            return
         self._post(_Change(time.monotonic(), [], gone=paths))
 
     def _post(self, item: _Change | _Command) -> None:

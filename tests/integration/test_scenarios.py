@@ -137,6 +137,21 @@ def test_temp_file_created_and_removed_in_one_read(scenario: Start, app: Path) -
     s.confirm(0)
 
 
+def test_file_removed_recreated_and_removed_in_one_read(scenario: Start, app: Path) -> None:
+    """An existing file removed, created again and removed again before reloadd reads the
+    events: its last life was a created-and-removed one, but the file that was there is
+    gone, which is a change: one SIGHUP naming it."""
+    s = scenario(app, backend="inotify")
+    s.reloadd.proc.send_signal(signal.SIGSTOP)
+    try:
+        (app / "app.py").unlink()
+        write(app / "app.py").unlink()
+    finally:
+        s.reloadd.proc.send_signal(signal.SIGCONT)
+    [line] = s.confirm(1)
+    assert line.paths == (str(app / "app.py"),)
+
+
 def test_atomic_replace(scenario: Start, backend: str, app: Path) -> None:
     """A temp file written beside the target and ``os.replace``d over it: one SIGHUP."""
     s = scenario(app, backend=backend)

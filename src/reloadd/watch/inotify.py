@@ -100,7 +100,7 @@ _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodee
 Event = tuple[int, int, str]  # wd, mask, name (str as os.fsdecode gives it)
 
 Sink = Callable[["Tree", list[str]], None]
-_BORN_CAP = 10_000  # created files remembered for retraction; past it, only the nicety is lost
+_BORN_CAP = 10_000  # files remembered per read for retraction; past it, only the nicety is lost
 
 
 class WatchLimitError(OSError):
@@ -358,6 +358,7 @@ class Tree:
     _ident: tuple[object, ...] | None = None
     _pending: list[str] = field(default_factory=list)
     _born: set[str] = field(default_factory=set)
+    _touched: set[str] = field(default_factory=set)  # files this read has named so far
     _gone: list[str] = field(default_factory=list)
     _dirty: bool = False
     _warned: set[str] = field(default_factory=set)
@@ -420,6 +421,7 @@ class Tree:
         gone = [path for path in self._gone if path not in self._born]
         self._gone = []
         self._born.clear()
+        self._touched.clear()
         if gone and self.retract is not None:
             self.retract(self, gone)
 
@@ -477,18 +479,21 @@ class Tree:
             return
         full = self._full(path)
         self._track_write(full, mask)
-        self._pending.append(full)
-        self._dirty = True
         # A file created and removed again within one read (an editor's or sed's temp
         # file) is no net change: the service drops it from the pending batch if it
-        # entered the batch with this read (see flush and Coalescer.retract).
+        # entered the batch with this read (see flush and Coalescer.retract). Only if its
+        # creation is the first this read says of it: a file that was there before (it was
+        # written or removed first) and is gone at the end has changed.
         if mask & F.CREATE:
-            if len(self._born) >= _BORN_CAP:
-                self._born.clear()
-            self._born.add(full)
+            if full not in self._touched and len(self._touched) < _BORN_CAP:
+                self._born.add(full)
         elif mask & (F.DELETE | F.MOVED_FROM) and full in self._born:
             self._born.discard(full)
             self._gone.append(full)
+        if len(self._touched) < _BORN_CAP:
+            self._touched.add(full)
+        self._pending.append(full)
+        self._dirty = True
 
     def _on_subdir(self, path: str, mask: int) -> None:
         name = path.rpartition("/")[2]
