@@ -689,6 +689,27 @@ def test_half_written_file_is_held(scenario: Start, app: Path, tmp_path: Path) -
     assert line.paths == (str(upload),)
 
 
+def test_single_file_held_while_open_fires_at_close(
+    scenario: Start, app: Path, tmp_path: Path
+) -> None:
+    """A single-file watch path written slowly: held while open, and the close alone (it
+    changes neither size nor mtime) ends the hold: one SIGHUP right after the close,
+    not ``max_delay`` later. (inotify only: the hold rests on IN_MODIFY.)"""
+    clock, clock_toml = with_clock(tmp_path)
+    conf = write(tmp_path / "etc" / "app.conf", "a = 1\n")
+    s = scenario(
+        [conf, app], max_delay="60s", extra_toml=clock_toml, backend="inotify", sentinel_dir=app
+    )
+    with open(conf, "a") as f:
+        f.write("b = 2\n")
+        f.flush()
+        debounce_passed(s, clock, 1)
+        assert s.reloads() == [], s.reloadd.log()
+    [line] = s.wait_reloads(1, timeout=20)  # max_delay is 60 s: the close ended the hold
+    assert line.paths == (str(conf),)
+    s.confirm(1)
+
+
 def test_open_file_hold_bounded_by_max_delay(scenario: Start, app: Path, tmp_path: Path) -> None:
     """1. a file is left open after a write: no reload after two debounces (the hold
     works); 2. still open, it reloads anyway once ``max_delay`` has passed; 3. it is

@@ -441,8 +441,9 @@ class Tree:
         if mask & F.IGNORED:
             if self.anchors.get(slot.rel) == wd:
                 del self.anchors[slot.rel]
-        elif self.kind == "file" and name == os.path.basename(self.root):
+        elif self.kind == "file" and name in self._names:
             self._track_write(self.root, mask)
+            self._dirty = True  # a close may end the hold: let the service look again
         self._reevaluate(report=True)
 
     def _on_vcs(self, slot: Slot, wd: int, mask: int, name: str) -> None:
