@@ -441,10 +441,8 @@ class Daemon:
 
     def _arm_config_timer(self) -> None:
         """(Re)set the timer for the pending config changes (``self._config_changes`` has
-        the rules). While a file is still open for writing (an in-place save) they wait up
-        to ``CONFIG_MAX_DELAY``, and the hold is looked at again every ``CONFIG_DEBOUNCE``:
-        the close that ends it is not always reported as a change (a file root whose
-        stat signature the close did not alter)."""
+        the rules). While a file is still open for writing (an in-place save) they wait,
+        up to ``CONFIG_MAX_DELAY``, for the close, which the watch reports."""
         loop = asyncio.get_running_loop()
         changes = self._config_changes
         changes.holding = any(t.holding for t in self._config_trees)
@@ -454,8 +452,6 @@ class Daemon:
             self._config_timer = None
         if due is None:
             return
-        if changes.holding:
-            due = min(due, loop.time() + CONFIG_DEBOUNCE)
         self._config_timer = loop.call_at(due, self._config_settled)
 
     def _config_settled(self) -> None:

@@ -150,3 +150,35 @@ def test_a_pidfile_naming_a_group_member_does_not_widen_a_group_signal(
     (tmp_path / "w" / "x").write_text("1")
     r.wait_log("is not the leader of its process group")
     assert Recording(log).count() == 0
+
+
+def test_config_saved_in_place_slowly_is_read_at_its_close(tmp_path, monkeypatch):
+    """The config file written in place and held open: read again once it is closed (the
+    close changes no size or mtime), not CONFIG_MAX_DELAY later (60 s here, so that the
+    difference cannot be missed)."""
+    from reloadd import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "CONFIG_MAX_DELAY", 60.0)
+    (tmp_path / "w").mkdir()
+
+    async def scenario() -> None:
+        async with running(
+            tmp_path,
+            f"""
+            [services.app]
+            watch = ["{tmp_path / "w"}"]
+            command = {recorder_command(tmp_path / "t.log")!r}
+            """.replace("'", '"'),
+        ) as d:
+            changes = d._config_changes
+            fd = os.open(tmp_path / "inproc.toml", os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, b"# appended by a slow editor\n")
+                await until(lambda: changes.pending, "the write to be seen")
+                assert changes.holding, "open for writing: held"
+            finally:
+                os.close(fd)
+            await until(lambda: not changes.pending, "the re-read after the close")
+            assert d.config_error is None
+
+    asyncio.run(scenario())
