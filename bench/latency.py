@@ -1,5 +1,9 @@
 """Latency: one file rewritten -> the target has the SIGHUP.
 
+The samples of all subjects are taken in rounds (``combine``): floor, peers and reloadd
+in turn, then again, so that a change in how busy the machine is (a shared VM has phases)
+does not fall on one subject only.
+
 The writer takes CLOCK_MONOTONIC just after close(); the target takes it just after
 sigwaitinfo() returns. Each sample rewrites a different file (spread over the tree) with new
 bytes, and the next sample waits until the subject is quiet and past its debounce window.
@@ -48,4 +52,20 @@ def measure(ctx: Ctx, subject: Subject, tree: Tree, samples: int, seed: int = 6)
         "tree_files": tree.size,
         "writer_sched_fifo": realtime,
         **summary(latencies),
+    }
+
+
+def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One subject's result from its rounds: every sample, summarised together."""
+    failed = next((r for r in rounds if "samples_ms" not in r), None)
+    if failed is not None:
+        return failed  # an error or a skip says so for the whole measure
+    samples = [x for r in rounds for x in r["samples_ms"]]
+    return {
+        **rounds[-1],
+        "samples_ms": samples,
+        "missed": sum(r["missed"] for r in rounds),
+        "extra_signals": sum(r["extra_signals"] for r in rounds),
+        "rounds": len(rounds),
+        **summary(samples),
     }

@@ -54,6 +54,7 @@ class Scale:
     many_checks: int
     storm_quiet_s: float
     storm_reps: int
+    latency_rounds: int
 
 
 FULL = Scale(
@@ -70,6 +71,7 @@ FULL = Scale(
     many_checks=5,
     storm_quiet_s=2.5,
     storm_reps=3,
+    latency_rounds=2,
 )
 SMOKE = Scale(
     latency_files=200,
@@ -85,6 +87,7 @@ SMOKE = Scale(
     many_checks=2,
     storm_quiet_s=0.5,
     storm_reps=1,
+    latency_rounds=1,
 )
 
 # Which subjects each section runs (before --subjects narrows them further).
@@ -150,12 +153,16 @@ def chosen(section: str, subjects: Sequence[Subject]) -> list[Subject]:
 
 def run_latency(ctx: Ctx, scale: Scale, trees: Trees, subjects: Sequence[Subject]) -> Any:
     tree = trees.tree(scale.latency_files)
+    rounds = scale.latency_rounds
 
-    def measure(subject: Subject) -> dict[str, Any]:
+    def measure(subject: Subject, round_: int) -> dict[str, Any]:
         samples = scale.poll_latency_samples if subject.polls else scale.latency_samples
-        return latency.measure(ctx, subject, tree, samples)
+        return latency.measure(ctx, subject, tree, max(1, samples // rounds), seed=6 + round_)
 
-    return for_each(chosen("latency", subjects), measure)
+    results = [
+        for_each(chosen("latency", subjects), lambda s, r=r: measure(s, r)) for r in range(rounds)
+    ]
+    return {name: latency.combine([r[name] for r in results]) for name in results[0]}
 
 
 def run_storm(ctx: Ctx, scale: Scale, trees: Trees, subjects: Sequence[Subject]) -> Any:
