@@ -152,6 +152,23 @@ def test_file_removed_recreated_and_removed_in_one_read(scenario: Start, app: Pa
     assert line.paths == (str(app / "app.py"),)
 
 
+def test_new_files_created_removed_and_back_in_one_read(scenario: Start, app: Path) -> None:
+    """Before reloadd reads the events: a new file is created, removed and created again;
+    another is created, removed and then renamed into place. Both are there at the end:
+    one SIGHUP naming both (not retracted as temp files)."""
+    s = scenario(app, backend="inotify")
+    s.reloadd.proc.send_signal(signal.SIGSTOP)
+    try:
+        write(app / "new.conf", "x").unlink()
+        write(app / "new.conf", "y")
+        write(app / "moved.conf", "x").unlink()
+        write(app / "moved.tmp", "y").rename(app / "moved.conf")
+    finally:
+        s.reloadd.proc.send_signal(signal.SIGCONT)
+    [line] = s.confirm(1)
+    assert set(line.paths) >= {str(app / "new.conf"), str(app / "moved.conf")}
+
+
 def test_atomic_replace(scenario: Start, backend: str, app: Path) -> None:
     """A temp file written beside the target and ``os.replace``d over it: one SIGHUP."""
     s = scenario(app, backend=backend)
@@ -707,6 +724,25 @@ def test_single_file_held_while_open_fires_at_close(
         assert s.reloads() == [], s.reloadd.log()
     [line] = s.wait_reloads(1, timeout=20)  # max_delay is 60 s: the close ended the hold
     assert line.paths == (str(conf),)
+    s.confirm(1)
+
+
+def test_symlinked_file_not_held_by_a_namesake_next_to_the_link(
+    scenario: Start, app: Path, tmp_path: Path
+) -> None:
+    """``etc/app.conf -> ../shared/real.conf``, and an unrelated ``etc/real.conf`` held
+    open for writing: the target's changes are not held by it (max_delay is 60 s)."""
+    target = write(tmp_path / "shared" / "real.conf", "a = 1\n")
+    link = tmp_path / "etc" / "app.conf"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    s = scenario([link, app], backend="inotify", max_delay="60s", sentinel_dir=app)
+    write(target, "a = 2\n")
+    with open(tmp_path / "etc" / "real.conf", "w") as namesake:
+        namesake.write("a log that happens to have the target's name\n")
+        namesake.flush()  # while the change above is pending (debounce 300 ms)
+        [line] = s.wait_reloads(1, timeout=20)
+    assert line.paths == (str(link),)
     s.confirm(1)
 
 

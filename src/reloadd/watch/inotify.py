@@ -359,10 +359,11 @@ class Tree:
     _pending: list[str] = field(default_factory=list)
     _born: set[str] = field(default_factory=set)
     _touched: set[str] = field(default_factory=set)  # files this read has named so far
-    _gone: list[str] = field(default_factory=list)
+    _gone: set[str] = field(default_factory=set)  # born this read, and gone again
     _dirty: bool = False
     _warned: set[str] = field(default_factory=set)
-    _names: set[str] = field(default_factory=set)  # the root's name, and its target's
+    # per anchor, the name there that leads to the root (or to its symlink's target)
+    _names: dict[str, set[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = os.path.normpath(os.path.abspath(self.root))
@@ -418,8 +419,8 @@ class Tree:
         # Only a file created *and* removed within this one read is no net change: one
         # created earlier may have been part of a reload already (its removal is then a
         # change), and one created again after its removal is there now.
-        gone = [path for path in self._gone if path not in self._born]
-        self._gone = []
+        gone = sorted(self._gone)
+        self._gone.clear()
         self._born.clear()
         self._touched.clear()
         if gone and self.retract is not None:
@@ -436,12 +437,13 @@ class Tree:
             self._on_dir(slot.rel, wd, mask, name)
 
     def _on_anchor(self, slot: Slot, wd: int, mask: int, name: str) -> None:
-        if not mask & _MOVES_THE_ROOT and (self.kind != "file" or name not in self._names):
+        names = self._names.get(slot.rel, ())
+        if not mask & _MOVES_THE_ROOT and (self.kind != "file" or name not in names):
             return  # another file there was written (a log): nothing about the root changed
         if mask & F.IGNORED:
             if self.anchors.get(slot.rel) == wd:
                 del self.anchors[slot.rel]
-        elif self.kind == "file" and name in self._names:
+        elif self.kind == "file" and name in names:
             self._track_write(self.root, mask)
             self._dirty = True  # a close may end the hold: let the service look again
         self._reevaluate(report=True)
@@ -480,17 +482,18 @@ class Tree:
             return
         full = self._full(path)
         self._track_write(full, mask)
-        # A file created and removed again within one read (an editor's or sed's temp
-        # file) is no net change: the service drops it from the pending batch if it
-        # entered the batch with this read (see flush and Coalescer.retract). Only if its
-        # creation is the first this read says of it: a file that was there before (it was
-        # written or removed first) and is gone at the end has changed.
-        if mask & F.CREATE:
-            if full not in self._touched and len(self._touched) < _BORN_CAP:
-                self._born.add(full)
-        elif mask & (F.DELETE | F.MOVED_FROM) and full in self._born:
-            self._born.discard(full)
-            self._gone.append(full)
+        # A file that was not there before this read (its first event is its creation)
+        # and is not there after it (an editor's or sed's temp file) is no net change: the
+        # service drops it from the pending batch if it entered the batch with this read
+        # (see flush and Coalescer.retract). A file that was there before and is gone at
+        # the end has changed; so has one that is there at the end.
+        if mask & F.CREATE and full not in self._touched and len(self._touched) < _BORN_CAP:
+            self._born.add(full)
+        if mask & (F.DELETE | F.MOVED_FROM):
+            if full in self._born:
+                self._gone.add(full)
+        elif mask & (F.CREATE | F.MOVED_TO):
+            self._gone.discard(full)
         if len(self._touched) < _BORN_CAP:
             self._touched.add(full)
         self._pending.append(full)
@@ -572,12 +575,15 @@ class Tree:
         self._dirty = self._dirty or report or was_watching
 
     def _place_anchors(self) -> None:
-        want = {_existing_ancestor(os.path.dirname(self.root))}
-        self._names = {os.path.basename(self.root)}
+        leads = [self.root]
         if os.path.islink(self.root):
-            target = os.path.realpath(self.root)
-            want.add(_existing_ancestor(os.path.dirname(target)))
-            self._names.add(os.path.basename(target))
+            leads.append(os.path.realpath(self.root))
+        self._names = {}
+        for path in leads:
+            anchor = _existing_ancestor(os.path.dirname(path))
+            below = os.path.relpath(path, anchor).split("/", 1)[0]
+            self._names.setdefault(anchor, set()).add(below)
+        want = set(self._names)
         for path in list(self.anchors):
             if path not in want:
                 self.hub.unwatch(self, self.anchors.pop(path), "anchor")
