@@ -634,7 +634,9 @@ def path_writers(
 
 
 def process_uid(pid: int) -> int:
-    """The real uid of ``pid`` (from /proc/PID/status), as systemd checks it."""
+    """The real uid of ``pid`` (from /proc/PID/status), as systemd checks it. Whether the
+    process has exited is its pidfd's to tell (``_exited``): the status says "zombie" also
+    for a live process whose main thread has ended."""
     try:
         fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError):
@@ -646,9 +648,7 @@ def process_uid(pid: int) -> int:
     finally:
         os.close(fd)
     fields = dict(line.split(b":", 1) for line in status.splitlines() if b":" in line)
-    state, uid = fields.get(b"State", b"").split(), fields.get(b"Uid", b"").split()
-    if state and state[0] in (b"Z", b"X"):
-        raise DeliveryError(f"pid {pid} has exited (it is a zombie)")
+    uid = fields.get(b"Uid", b"").split()
     if not uid:
         raise DeliveryError(f"pid {pid} does not exist (stale pidfile?)")
     return int(uid[0])

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
+import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from reloadd_testing import wait_for
 
-from reloadd.target import DeliveryError, process_uid
+from reloadd.config import ServiceSpec
+from reloadd.target import DeliveryError, Pidfile, process_uid
 
 
 def _state(pid: int) -> str:
@@ -30,13 +35,44 @@ def test_the_real_uid_of_a_live_process() -> None:
         child.wait()
 
 
-def test_a_zombie_and_a_missing_pid_are_refused() -> None:
-    child = subprocess.Popen(["true"])
+def test_a_zombie_is_refused_through_its_pidfd(tmp_path: Path) -> None:
+    child = subprocess.Popen(["true"], start_new_session=True)  # not in reloadd's group
     try:
         wait_for(lambda: _state(child.pid) == "Z", what="the child to exit unreaped")
+        pidfile = tmp_path / "server.pid"
+        pidfile.write_text(f"{child.pid}\n")
+        spec = ServiceSpec(name="x", source="test", watch=(str(tmp_path),), pidfile=str(pidfile))
         with pytest.raises(DeliveryError, match="zombie"):
-            process_uid(child.pid)
+            asyncio.run(Pidfile(spec).signal(signal.SIGHUP, "main"))
     finally:
         child.wait()
     with pytest.raises(DeliveryError, match="does not exist"):
         process_uid(child.pid)  # reaped: gone (pids are not reused this fast)
+
+
+def test_a_live_process_whose_main_thread_ended_is_signalled(tmp_path: Path) -> None:
+    """/proc says "zombie" for a process whose main thread has ended while another runs;
+    the process lives, and its pidfd says so."""
+    code = (
+        "import ctypes, signal, threading, time\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "threading.Thread(target=time.sleep, args=(600,)).start()\n"
+        "ctypes.CDLL(None).pthread_exit(None)\n"  # the main thread ends, the process lives
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        wait_for(lambda: _state(child.pid) == "Z", what="the main thread to end")
+        pidfile = tmp_path / "server.pid"
+        pidfile.write_text(f"{child.pid}\n")
+        spec = ServiceSpec(
+            name="x",
+            source="test",
+            watch=(str(tmp_path),),
+            pidfile=str(pidfile),
+            expect_user=str(os.getuid()),  # so that its uid is read
+        )
+        action = asyncio.run(Pidfile(spec).signal(signal.SIGHUP, "main"))
+        assert action == f"SIGHUP -> pid {child.pid}"
+    finally:
+        child.kill()
+        child.wait()
