@@ -235,9 +235,7 @@ def resolve_group(group: str | int | None) -> int | None:
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
-        log.warning(
-            "control: socket_group %r does not exist (any more); only root may change", group
-        )
+        log.warning("control: socket_group %r does not exist; only root may change", group)
         return None
 
 
@@ -298,7 +296,7 @@ class ControlServer:
         self._ident: tuple[int, int] | None = None
         self.group = settings.socket_group
         self.mode = settings.socket_mode
-        self._gid_cache: tuple[str | int | None, int | None] = (None, None)
+        self.gid: int | None = None  # socket_group's gid, resolved once at start()
         self._clients: dict[asyncio.Task[Any], _Connection] = {}
         self._per_uid: Counter[int] = Counter()
         self._busy_since: float | None = None
@@ -325,7 +323,8 @@ class ControlServer:
 
     async def start(self) -> None:
         group, mode = self.group, self.mode
-        sock = bind_socket(self.path, mode, self._socket_gid(group))
+        self.gid = resolve_group(group)
+        sock = bind_socket(self.path, mode, self.gid)
         st = os.stat(self.path)
         self._ident = (st.st_dev, st.st_ino)
         try:
@@ -369,11 +368,6 @@ class ControlServer:
             return
         with contextlib.suppress(OSError):
             os.unlink(self.path)
-
-    def _socket_gid(self, group: str | int | None) -> int | None:
-        if self._gid_cache[0] != group or group is None:
-            self._gid_cache = (group, resolve_group(group))
-        return self._gid_cache[1]
 
     # -- connections --------------------------------------------------------------------
 
@@ -505,8 +499,7 @@ class ControlServer:
 
     def _denial(self, peer: Peer, cmd: str) -> str:
         """Why ``peer`` may not run ``cmd``, or "" if it may."""
-        group = self.group
-        gid = self._socket_gid(group)
+        group, gid = self.group, self.gid
         if may_change(peer, gid, self.uid):
             return ""
         who = ["root"]

@@ -244,13 +244,17 @@ async def run(argv: Sequence[str], spec: ServiceSpec, timeout: float) -> RunResu
     (SIGKILL), children included. Output (stdout and stderr together) is read as it comes
     and only the last OUTPUT_TAIL bytes are kept, so a chatty check cannot eat memory.
     """
-    argv = tuple(argv)
+    return await _run(tuple(argv), timeout, spawn_options(spec))
+
+
+async def _run(argv: tuple[str, ...], timeout: float, options: dict[str, Any]) -> RunResult:
+    """``run`` with the spawn options given (``options`` must start a new session)."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            **spawn_options(spec),
+            **options,
         )
     except _SPAWN_ERRORS as exc:
         return RunResult(argv, None, "", error=_os_error(exc))
@@ -881,27 +885,9 @@ def _why(res: RunResult) -> str:
 
 async def _systemctl(*args: str, timeout: float = SYSTEMCTL_TIMEOUT) -> RunResult:
     """Run systemctl with a deadline: a hung systemd must not hang reloads or shutdown."""
-    argv = ("systemctl", *args)
     prepare_signals()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    except OSError as exc:
-        return RunResult(argv, None, "", error=_os_error(exc))
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        return RunResult(argv, None, "", timed_out=True)
-    return RunResult(argv, proc.returncode, out.decode("utf-8", "replace")[-OUTPUT_TAIL:])
+    options = {"stdin": asyncio.subprocess.DEVNULL, "start_new_session": True, "close_fds": True}
+    return await _run(("systemctl", *args), timeout, options)
 
 
 def make_target(spec: ServiceSpec) -> Supervised | Pidfile | Unit:
