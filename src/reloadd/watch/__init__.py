@@ -540,7 +540,8 @@ class WatchPath:
     def _look(root: str) -> tuple[int | None, bool]:
         """statfs of the nearest existing ancestor, and whether ``root`` exists: both
         can hang on a dead network mount, so they run in a worker thread."""
-        return fs_type(nearest_existing(root)), os.path.exists(root)
+        near = nearest_existing(root)  # ``root`` itself when it exists (both normalised)
+        return fs_type(near), near == root
 
     async def _recheck_off_loop(self) -> None:
         try:

@@ -540,7 +540,7 @@ class Tree:
 
     def _reevaluate(self, report: bool) -> None:
         """Find out what the root is now, and follow it."""
-        self._place_anchors()
+        target = self._place_anchors()
         try:
             st = os.stat(self.root)
         except OSError as exc:
@@ -556,7 +556,7 @@ class Tree:
         kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
         ident: tuple[object, ...]
         if kind == "dir":
-            ident = (kind, os.path.realpath(self.root), st.st_dev, st.st_ino)
+            ident = (kind, target or os.path.realpath(self.root), st.st_dev, st.st_ino)
         else:
             ident = (kind, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if self.state == "watching" and ident == self._ident:
@@ -574,10 +574,12 @@ class Tree:
             self._pending.append(self.root)
         self._dirty = self._dirty or report or was_watching
 
-    def _place_anchors(self) -> None:
+    def _place_anchors(self) -> str | None:
+        """Watch the anchors; returns the root's resolved path when the root is a symlink."""
         leads = [self.root]
-        if os.path.islink(self.root):
-            leads.append(os.path.realpath(self.root))
+        target = os.path.realpath(self.root) if os.path.islink(self.root) else None
+        if target is not None:
+            leads.append(target)
         self._names = {}
         for path in leads:
             anchor = _existing_ancestor(os.path.dirname(path))
@@ -592,6 +594,7 @@ class Tree:
                 self.anchors[path] = self.hub.watch(Slot(self, "anchor", path), path, True)
             except OSError as exc:
                 self._warn_once(path, f"cannot watch {display(path)}: {exc.strerror}")
+        return target
 
     def _teardown(self) -> None:
         for wd in self.dirs.values():
