@@ -63,6 +63,15 @@ def require_tool(name: str, package: str | None = None) -> str:
     return path
 
 
+def gone(pid: int) -> bool:
+    """No such process, or only a zombie waiting for its (new) parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
 def wait_for(
     predicate: Callable[[], object],
     timeout: float = DEADLINE,

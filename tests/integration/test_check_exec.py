@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Recording, Reloadd, recorder_command, running, until, wait_for
+from conftest import Recording, Reloadd, gone, recorder_command, running, until, wait_for
 from conftest import toml_value as _q
 
 pytestmark = pytest.mark.slow
@@ -30,15 +30,6 @@ if "broken" in text:
     print("app.conf:1: unexpected token 'broken'", file=sys.stderr)
     sys.exit(1)
 """
-
-
-def _gone(pid: int) -> bool:
-    """No such process, or only a zombie waiting for its (new) parent to reap it."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
 
 
 # -- file-triggered, real reloadd ---------------------------------------------------------
@@ -229,7 +220,7 @@ def test_hanging_check_is_killed_with_its_children_and_blocks_the_reload(
             assert "timed out after 0.3s and was killed with its group" in record.error
             assert "hanging" in record.output
             child = int(child_pid.read_text())
-            await until(lambda: _gone(child), f"the check's child {child} to be killed")
+            await until(lambda: gone(child), f"the check's child {child} to be killed")
             assert daemon.status()["services"][0]["target"]["pid"] == pid_before
 
     asyncio.run(scenario())

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import RECORDER, Recording, recorder_command, running, until, wait_for
+from conftest import RECORDER, Recording, gone, recorder_command, running, until, wait_for
 from reloadd.protocol import CommandError
 from reloadd.service import Service, State
 
@@ -80,7 +80,7 @@ def test_a_second_sigint_kills_supervised_commands_at_once(tmp_path, start_reloa
         stop_signal = "INT"
         stop_timeout = "60s"
     """)
-    Recording(log).path.exists() or wait_for(lambda: Recording(log).ready_pids(), what="target")
+    [target] = wait_for(lambda: Recording(log).ready_pids(), what="target")
     r.proc.send_signal(signal.SIGINT)
     wait_for(lambda: Recording(log).count("SIGINT") == 1, what="the stop signal", detail=r.log)
     r.proc.send_signal(signal.SIGINT)
@@ -90,6 +90,7 @@ def test_a_second_sigint_kills_supervised_commands_at_once(tmp_path, start_reloa
         pytest.fail(f"reloadd still stopping after a second SIGINT:\n{r.log()}")
     assert "second SIGINT: stopping supervised commands with SIGKILL" in r.log()
     assert r.proc.returncode == 0
+    wait_for(lambda: gone(target), what=f"the stubborn command (pid {target}) to be killed")
 
 
 def test_a_config_reload_during_shutdown_starts_nothing(tmp_path, start_reloadd):
