@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from reloadd_testing import Scenario, require, require_tool, wait_for, write
+from reloadd_testing import Scenario, require, require_tool, until, wait_for, write
 
 import reloadd.watch
 from reloadd.config import ServiceSpec
@@ -55,15 +55,6 @@ def fuse(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     mount.mkdir()
     with bindfs_mount(backing, mount):
         yield backing, mount
-
-
-async def until(predicate: Callable[[], object], timeout: float = 20.0) -> None:
-    """Let the loop run until ``predicate`` holds (a deadline, not a synchronisation)."""
-    for _ in range(int(timeout / 0.005)):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)
-    pytest.fail("timed out")
 
 
 def test_watch_path_on_fuse_chooses_poll(fuse: tuple[Path, Path], tmp_path: Path) -> None:
@@ -186,7 +177,7 @@ def test_late_fuse_mount_switches_a_waiting_path_to_poll(tmp_path: Path) -> None
             path.start()
             assert (path.state, path.backend) == ("waiting", "inotify")
             with bindfs_mount(backing, mount):
-                await until(lambda: [p for p in reports if p])
+                await until(lambda: [p for p in reports if p], "a report")
                 assert (path.backend, path.reason, path.state) == ("poll", "auto: fuse", "watching")
                 assert [p for p in reports if p] == [[str(mount / "app" / index.name)]]
                 path.close()  # before the unmount: no scan of a vanishing mount
@@ -223,7 +214,7 @@ def test_late_local_mount_is_found_without_an_event(tmp_path: Path) -> None:
             await asyncio.to_thread(subprocess.run, argv, check=True)
             mounted = True
             index = write(mount / "app" / "index.html")
-            await until(lambda: [p for p in reports if p])
+            await until(lambda: [p for p in reports if p], "a report")
             assert (path.backend, path.reason, path.state) == (
                 "inotify",
                 "auto: local (tmpfs)",

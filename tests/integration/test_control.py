@@ -37,6 +37,7 @@ from reloadd_testing import (
     require,
     require_tool,
     toml_value,
+    until,
     wait_for,
 )
 
@@ -67,16 +68,6 @@ def sockdir() -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-async def until(predicate: Callable[[], object], what: str) -> None:
-    """Poll ``predicate`` on the loop under the deadline (for facts with no event)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE
-    while not predicate():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def following(daemon: FakeDaemon, path: Path) -> Conn:

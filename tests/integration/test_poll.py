@@ -18,7 +18,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from reloadd_testing import Recording, recorder_command, require, toml_value, wait_for, write
+from reloadd_testing import (
+    Recording,
+    recorder_command,
+    require,
+    toml_value,
+    until,
+    wait_for,
+    write,
+)
 
 from reloadd.watch import poll
 from reloadd.watch.filters import PathFilter
@@ -482,15 +490,6 @@ def stamped_before_now(root: Path) -> bool:
     return poll.ctime_now() > newest
 
 
-async def until(predicate: Callable[[], object], timeout: float = 20.0) -> None:
-    """Let the loop run until ``predicate`` holds (a deadline, not a synchronisation)."""
-    for _ in range(int(timeout / 0.005)):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)
-    pytest.fail("timed out")
-
-
 def test_timer_driven_scans_run_off_the_loop_thread(
     app: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -505,7 +504,7 @@ def test_timer_driven_scans_run_off_the_loop_thread(
 
     async def main() -> tuple[list[list[str]], PollTree]:
         reports = Reports()
-        await until(lambda: stamped_before_now(app))
+        await until(lambda: stamped_before_now(app), "the clock past the tree's ctimes")
         tree = PollTree(str(app), PathFilter(), reports, interval=0.01)
         tree.start()  # never waits: the first scan runs in a thread too
         assert (tree.state, tree.scans) == ("waiting", 0)
@@ -513,7 +512,7 @@ def test_timer_driven_scans_run_off_the_loop_thread(
         assert tree.state == "watching"
         assert tree.scans == 1
         write(app / "app.py", "version = 2\n")
-        await until(reports.changes)
+        await until(reports.changes, "the change reported")
         tree.close()
         assert tree._timer is None
         return reports.changes(), tree
@@ -542,15 +541,15 @@ def test_slow_first_scan_does_not_block_start(
 
     async def main() -> tuple[str, str, list[list[str]]]:
         reports = Reports()
-        await until(lambda: stamped_before_now(app))
+        await until(lambda: stamped_before_now(app), "the clock past the tree's ctimes")
         tree = PollTree(str(app), PathFilter(), reports, interval=0.01)
         tree.start()
         before = tree.state
-        await until(lambda: "the first scan takes longer than" in caplog.text)
+        await until(lambda: "the first scan takes longer than" in caplog.text, "the warning")
         assert tree.scans == 0
         release.set()
         await tree.baseline()
-        await until(lambda: tree.scans >= 3)
+        await until(lambda: tree.scans >= 3, "three scans")
         tree.close()
         return before, tree.state, reports.changes()
 
@@ -578,16 +577,16 @@ def test_change_made_while_the_baseline_is_read_is_reported(
     monkeypatch.setattr(poll, "scan_tree", held)
 
     async def main() -> list[list[str]]:
-        await until(lambda: stamped_before_now(app))
+        await until(lambda: stamped_before_now(app), "the clock past the tree's ctimes")
         reports = Reports()
         tree = PollTree(str(app), PathFilter(), reports, interval=0.01)
         tree.start()
-        await until(entered.is_set)  # the baseline scan has begun
+        await until(entered.is_set, "the baseline scan to begin")  # the baseline scan has begun
         write(app / "app.py", "version = 2\n")
         gate.set()
         await tree.baseline()
         assert tree.state == "watching"
-        await until(reports.changes)
+        await until(reports.changes, "the change reported")
         tree.close()
         return reports.changes()
 
@@ -626,14 +625,15 @@ def test_recheck_statfs_runs_off_the_loop_one_at_a_time(
         try:
             path.start()
             assert path.state == "waiting"
-            await until(lambda: calls)  # a recheck is stuck in statfs
+            await until(lambda: calls, "a recheck stuck in statfs")
+            assert path._recheck is None, "no next look is armed while one is running"
             # the loop keeps turning for many poll intervals while it hangs
             loop = asyncio.get_running_loop()
             until_at = loop.time() + 0.1
-            await until(lambda: loop.time() > until_at)
+            await until(lambda: loop.time() > until_at, "0.1 s of loop time")
             assert len(calls) == 1
             release.set()
-            await until(lambda: len(calls) >= 3)  # released: the rechecks go on
+            await until(lambda: len(calls) >= 3, "more rechecks")  # released: the rechecks go on
         finally:
             release.set()
             path.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reloadd_testing import DEADLINE, Recording, recorder_command
+from reloadd_testing import DEADLINE, Recording, recorder_command, until
 
 from reloadd.config import ServiceSpec
 from reloadd.service import TRANSITIONS, Refused, Service, State
@@ -128,17 +128,6 @@ def test_the_pipeline_path_moves(idle_service: Service) -> None:
 # --------------------------------------------------------------------------- commands
 
 COMMANDS = ("reload", "restart", "pause", "resume")
-
-
-async def until(predicate: Callable[[], object], what: str) -> None:
-    """Wait for ``predicate`` under the test deadline, letting the loop run meanwhile."""
-    deadline = time.monotonic() + DEADLINE
-    delay = 0.002
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {DEADLINE:.0f}s waiting for {what}")
-        await asyncio.sleep(delay)  # a poll under a deadline, not a synchronisation
-        delay = min(delay * 2, 0.05)
 
 
 async def to_waiting(svc: Service, tmp_path: Path) -> None:
