@@ -120,6 +120,9 @@ command = ["{sys.executable}", "{RECORDER}", "{late}"]
     wait_for(lambda: Recording(slow).count("SIGTERM") == 1, what="the stop", detail=r.log)
     r.proc.send_signal(signal.SIGHUP)
     assert r.proc.wait(timeout=30) == 0
+    # reloadd logs each start as it spawns (its log is complete once it has exited); a
+    # recorder spawned late might not have written its file yet
+    assert "late: started" not in r.log(), f"a service was started during shutdown:\n{r.log()}"
     assert not late.exists(), f"a service was started during shutdown:\n{r.log()}"
 
 
@@ -150,6 +153,11 @@ def test_a_pidfile_naming_a_group_member_does_not_widen_a_group_signal(
     """)
     (tmp_path / "w" / "x").write_text("1")
     r.wait_log("is not the leader of its process group")
+    # a later fact: each recorder writes down a SIGUSR1 after any SIGHUP sent before it
+    others = [pid for pid in Recording(log).ready_pids() if pid != member]
+    for pid in (member, *others):
+        os.kill(pid, signal.SIGUSR1)
+    wait_for(lambda: len(Recording(log).signals("SIGUSR1")) == 2, what="both recorders' SIGUSR1")
     assert Recording(log).count() == 0
 
 
