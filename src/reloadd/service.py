@@ -198,8 +198,7 @@ class Service:
         await self._task
 
     def _on_watch(self, tree: WatchPath, paths: list[str]) -> None:
-        at = self.hub.read_at if self.hub.reading else time.monotonic()
-        self._post(_Change(at, paths))
+        self._post(_Change(self.hub.now(), paths))
 
     def _on_retract(self, tree: WatchPath, paths: list[str]) -> None:
         tail = self._inbox[-1] if self._inbox else None

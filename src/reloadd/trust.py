@@ -173,16 +173,10 @@ def writers(path: str | os.PathLike[str]) -> Writers:
 Signature = tuple[tuple[int, ...], ...]
 
 
-def signature(path: str | os.PathLike[str]) -> Signature | None:
-    """All that ``writers(path)`` depends on, from one ``lstat`` per entry on the way up.
-
-    None when that is not enough to tell: a symlink on the way (its target is judged too)
-    or an entry that cannot be looked at.
-    """
-    return _signature(_ancestry(os.path.abspath(os.fspath(path))))
-
-
 def _signature(ancestry: list[str]) -> Signature | None:
+    """All that ``writers`` depends on for the path whose ``ancestry`` this is, from one
+    ``lstat`` per entry; None when that is not enough to tell: a symlink on the way (its
+    target is judged too) or an entry that cannot be looked at."""
     out: list[tuple[int, ...]] = []
     for here in ancestry:
         try:
@@ -199,7 +193,7 @@ def _signature(ancestry: list[str]) -> Signature | None:
 
 
 class Memo:
-    """``writers(path)``, judged again only when its ``signature`` changed.
+    """``writers(path)``, judged again only when its lstat signature changed.
 
     For a path checked on every event (a pidfile before each signal): the entries are
     looked at afresh each time, only the judging is skipped. A verdict is kept only when

@@ -257,7 +257,7 @@ def test_memo_with_a_symlink_on_the_way_judges_every_time(tmp_path: Path) -> Non
     _file(real)
     (tmp_path / "link").symlink_to(real)
     memo = trust.Memo(str(tmp_path / "link" / "f"))
-    assert trust.signature(memo.path) is None
     assert memo().root_only
+    assert memo() is not memo()  # not remembered: judged afresh each time
     real.chmod(0o777)  # the link's target: only a full judging sees it
     assert memo().anyone

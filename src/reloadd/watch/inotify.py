@@ -146,6 +146,12 @@ class Hub:
     def watch_count(self) -> int:
         return len(self.slots)
 
+    def now(self) -> float:
+        """When a change being reported happened: the time of the read being routed (the
+        debounce counts from the kernel's report, not from the end of a long storm), or
+        now for a report made outside a read."""
+        return self.read_at if self.reading else time.monotonic()
+
     def close(self) -> None:
         if self.inotify is None:
             return
