@@ -740,8 +740,8 @@ def _syntax_hint(text: str, line: int | None) -> str:
     return ""
 
 
-class _NotRegular(Exception):
-    """A config path names something other than a regular file (args[0]: what it is)."""
+class NotRegular(Exception):
+    """A path names something other than a regular file (args[0]: what it is)."""
 
 
 def _file_kind(mode: int) -> str:
@@ -757,20 +757,26 @@ def _file_kind(mode: int) -> str:
     return f"file type 0o{stat.S_IFMT(mode):o}"
 
 
-def _read_regular(path: str) -> bytes:
-    """Up to MAX_FILE_SIZE + 1 bytes of the regular file ``path`` (symlinks followed).
+def read_regular(path: str, limit: int) -> tuple[bytes, os.stat_result]:
+    """Up to ``limit`` bytes of the regular file ``path`` (symlinks followed), and its stat
+    as opened: for the config files and for pidfiles.
 
     Opened with O_NONBLOCK, so a FIFO (or a device) at the path cannot block the open
     until a writer appears, then fstat'ed: anything but a regular file is refused with
-    ``_NotRegular`` before a byte is read (O_NONBLOCK does not affect regular files).
+    ``NotRegular`` before a byte is read (O_NONBLOCK does not affect regular files).
+    Raises OSError when it cannot be opened or read.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise _NotRegular(_file_kind(mode))
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(MAX_FILE_SIZE + 1)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegular(_file_kind(st.st_mode))
+        chunks: list[bytes] = []
+        left = limit
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks), st
     finally:
         os.close(fd)
 
@@ -778,8 +784,8 @@ def _read_regular(path: str) -> bytes:
 def _read_toml(path: str, out: _Collector) -> dict[str, Any] | None:
     """The parsed document, or None after recording why it cannot be had."""
     try:
-        data = _read_regular(path)
-    except _NotRegular as e:
+        data = read_regular(path, MAX_FILE_SIZE + 1)[0]
+    except NotRegular as e:
         what = e.args[0]
         out.add(path, None, f"the config path is not a regular file ({what}); is it the right one?")
         return None

@@ -34,7 +34,6 @@ import os
 import pwd
 import select
 import signal
-import stat
 import subprocess
 import time
 from collections import deque
@@ -43,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reloadd import trust
-from reloadd.config import ServiceSpec
+from reloadd.config import NotRegular, ServiceSpec, read_regular
 
 log = logging.getLogger("reloadd.target")
 
@@ -690,20 +689,12 @@ class Pidfile:
 
     def read(self) -> tuple[int, os.stat_result]:
         """The pid in the pidfile and the file's stat, read through one descriptor."""
-        flags = os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(self.path, flags)
+            raw, st = read_regular(self.path, PIDFILE_MAX_BYTES + 1)
+        except NotRegular:
+            raise DeliveryError(f"pidfile {self.path} is not a regular file") from None
         except OSError as exc:
             raise DeliveryError(f"cannot read pidfile {self.path}: {exc.strerror}") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise DeliveryError(f"pidfile {self.path} is not a regular file")
-            raw = os.read(fd, PIDFILE_MAX_BYTES + 1)
-        except OSError as exc:
-            raise DeliveryError(f"cannot read pidfile {self.path}: {exc.strerror}") from None
-        finally:
-            os.close(fd)
         return parse_pid(raw, self.path), st
 
     def read_pid(self) -> int:
