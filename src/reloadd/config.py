@@ -773,8 +773,11 @@ def read_regular(path: str, limit: int) -> tuple[bytes, os.stat_result]:
             raise NotRegular(_file_kind(st.st_mode))
         chunks: list[bytes] = []
         left = limit
-        while left > 0 and (chunk := os.read(fd, left)):
+        while left > 0:
+            chunk = os.read(fd, left)
             chunks.append(chunk)
+            if len(chunk) < left:  # a regular file reads short only at its end
+                break
             left -= len(chunk)
         return b"".join(chunks), st
     finally:
