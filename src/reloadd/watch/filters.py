@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 VCS_DIRS = frozenset({".git", ".hg", ".svn"})
 IGNORED_DIRS = VCS_DIRS | {"__pycache__"}
@@ -119,14 +119,13 @@ class PathFilter:
         self.exclude = tuple(compile_glob(p) for p in exclude)
         self._cache: dict[str, bool] = {}
 
-    @staticmethod
-    def _ignored_parts(parts: Iterable[str]) -> bool:
-        return any(part in IGNORED_DIRS for part in parts)
-
     def prune_dir(self, rel: str) -> bool:
         """True when a directory (root-relative, non-empty) is not to be watched at all."""
-        if self._ignored_parts(rel.split("/")):
+        # Asked once per directory of every walk: set operations, no per-part generator.
+        if not IGNORED_DIRS.isdisjoint(rel.split("/")):
             return True
+        if not self.exclude:
+            return False
         probe = rel + "/"
         return any(rx.match(probe) for rx in self.exclude)
 
@@ -143,7 +142,7 @@ class PathFilter:
 
     def _decide(self, rel: str) -> bool:
         parts = rel.split("/")
-        if is_dropping(parts[-1]) or self._ignored_parts(parts[:-1]):
+        if is_dropping(parts[-1]) or not IGNORED_DIRS.isdisjoint(parts[:-1]):
             return False
         if any(rx.match(rel) for rx in self.exclude):
             return False

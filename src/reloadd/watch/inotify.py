@@ -100,6 +100,7 @@ _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodee
 Event = tuple[int, int, str]  # wd, mask, name (str as os.fsdecode gives it)
 
 Sink = Callable[["Tree", list[str]], None]
+Listing = tuple[list[str], list[str]]  # a directory's real subdirectories, its other entries
 _BORN_CAP = 10_000  # files remembered per read for retraction; past it, only the nicety is lost
 
 
@@ -107,7 +108,7 @@ class WatchLimitError(OSError):
     """inotify_add_watch said ENOSPC: fs.inotify.max_user_watches is exhausted."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Slot:
     """What one watch descriptor means to one tree."""
 
@@ -186,8 +187,10 @@ class Hub:
             if exc.errno == errno.ENOSPC:
                 raise WatchLimitError(exc.errno, exc.strerror, path) from None
             raise
-        owners = self.slots.setdefault(wd, [])
-        if not any(s.tree is slot.tree and s.kind == slot.kind for s in owners):
+        owners = self.slots.get(wd)
+        if owners is None:  # the common case: a directory no tree watched yet
+            self.slots[wd] = [slot]
+        elif not any(s.tree is slot.tree and s.kind == slot.kind for s in owners):
             owners.append(slot)
         else:
             # the same inode under the same role of the same tree (re-walk): refresh rel
@@ -647,15 +650,16 @@ class Tree:
                     self._warn_once(path, f"cannot watch {display(path)}: {exc.strerror}")
                 continue
             self.dirs[rel] = wd
-            for name, is_dir in _listdir(path, self._warn_once, files=report):
-                child = f"{rel}/{name}" if rel else name
-                if is_dir:
-                    if name in VCS_DIRS:
-                        self._watch_vcs(child)
-                    elif not self.filter.prune_dir(child):
-                        stack.append(child)
-                elif report and self.filter.matches(child):
-                    self._pending.append(self._full(child))
+            prefix = f"{rel}/" if rel else ""
+            subdirs, files = _listdir(path, self._warn_once, files=report)
+            for name in subdirs:
+                if name in VCS_DIRS:
+                    self._watch_vcs(prefix + name)
+                elif not self.filter.prune_dir(prefix + name):
+                    stack.append(prefix + name)
+            for name in files:
+                if self.filter.matches(prefix + name):
+                    self._pending.append(self._full(prefix + name))
                     self._dirty = True
 
     def _watch_vcs(self, rel: str) -> None:
@@ -710,19 +714,22 @@ def _open_long(path: str, flags: int) -> int:
     return fd
 
 
-def _entries(it: Iterator[os.DirEntry[str]], files: bool) -> list[tuple[str, bool]]:
-    entries = list(it)
-    try:  # is_dir() answers from d_type; it can only fail where it has to stat
-        if files:
-            return [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
-        return [(e.name, True) for e in entries if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        if files:
-            return [(e.name, _is_dir(e)) for e in entries]
-        return [(e.name, True) for e in entries if _is_dir(e)]  # arming needs directories
+def _entries(it: Iterator[os.DirEntry[str]], files: bool) -> Listing:
+    subdirs: list[str] = []
+    others: list[str] = []
+    for entry in it:
+        try:  # is_dir() answers from d_type; it only has to stat (and can fail) without one
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False  # gone meanwhile
+        if is_dir:
+            subdirs.append(entry.name)
+        elif files:
+            others.append(entry.name)
+    return subdirs, others
 
 
-def _scandir(path: str, files: bool) -> list[tuple[str, bool]]:
+def _scandir(path: str, files: bool) -> Listing:
     try:
         with os.scandir(path) as it:
             return _entries(it, files)
@@ -737,22 +744,12 @@ def _scandir(path: str, files: bool) -> list[tuple[str, bool]]:
         os.close(fd)
 
 
-def _listdir(
-    path: str, warn: Callable[[str, str], None], files: bool = True
-) -> Iterator[tuple[str, bool]]:
-    """(name, is_real_directory) for the entries of ``path`` (only the directories unless
-    ``files``); symlinks are not followed."""
+def _listdir(path: str, warn: Callable[[str, str], None], files: bool = True) -> Listing:
+    """The real subdirectories of ``path`` and its other entries (left empty unless
+    ``files``); symlinks are not followed. An unreadable directory is warned of, once."""
     try:
-        entries = _scandir(path, files)
+        return _scandir(path, files)
     except OSError as exc:
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
             warn(path, f"cannot list {display(path)}: {exc.strerror}")
-        return iter(())
-    return iter(entries)
-
-
-def _is_dir(entry: os.DirEntry[str]) -> bool:
-    try:
-        return entry.is_dir(follow_symlinks=False)
-    except OSError:
-        return False
+        return [], []
