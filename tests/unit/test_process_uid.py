@@ -52,14 +52,22 @@ def test_a_zombie_is_refused_through_its_pidfd(tmp_path: Path) -> None:
 
 def test_a_live_process_whose_main_thread_ended_is_signalled(tmp_path: Path) -> None:
     """/proc says "zombie" for a process whose main thread has ended while another runs;
-    the process lives, and its pidfd says so."""
+    the process lives, and its pidfd says so: the signal is sent, and the surviving
+    thread (waiting for SIGHUP in sigwaitinfo) records that it arrived, and from whom."""
+    got = tmp_path / "got"
     code = (
-        "import ctypes, signal, threading, time\n"
-        "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
-        "threading.Thread(target=time.sleep, args=(600,)).start()\n"
+        "import ctypes, os, signal, sys, threading\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})\n"  # the thread inherits it
+        "def wait():\n"
+        "    while True:\n"
+        "        info = signal.sigwaitinfo({signal.SIGHUP})\n"
+        "        fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT)\n"
+        "        os.write(fd, f'{info.si_signo} {info.si_pid}\\n'.encode())\n"
+        "        os.close(fd)\n"
+        "threading.Thread(target=wait).start()\n"
         "ctypes.CDLL(None).pthread_exit(None)\n"  # the main thread ends, the process lives
     )
-    child = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    child = subprocess.Popen([sys.executable, "-c", code, str(got)], start_new_session=True)
     try:
         wait_for(lambda: _state(child.pid) == "Z", what="the main thread to end")
         pidfile = tmp_path / "server.pid"
@@ -73,6 +81,12 @@ def test_a_live_process_whose_main_thread_ended_is_signalled(tmp_path: Path) -> 
         )
         action = asyncio.run(Pidfile(spec).signal(signal.SIGHUP, "main"))
         assert action == f"SIGHUP -> pid {child.pid}"
+        wait_for(
+            lambda: got.exists() and got.read_text().endswith("\n"),
+            what="the surviving thread to record the SIGHUP",
+        )
+        assert got.read_text() == f"{int(signal.SIGHUP)} {os.getpid()}\n"
+        assert _state(child.pid) == "Z"  # still the case the test is about
     finally:
         child.kill()
         child.wait()
