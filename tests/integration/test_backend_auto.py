@@ -121,14 +121,21 @@ def test_inotify_on_fuse_misses_backing_writes(
     fuse: tuple[Path, Path], scenario: Callable[..., Scenario], tmp_path: Path
 ) -> None:
     """Why auto polls there: forced inotify on the mount sees no write to the backing
-    directory (the sentinel's reload, from a local path, is the first and only one)."""
+    directory. The watch on the mount is live: a write made through the mount after them
+    reloads, and alone (the backing writes, had inotify seen them, would have been queued
+    before it and reloaded first or with it); the sentinel's reload, from a local path,
+    is the next and last one."""
     backing, mount = fuse
     local = tmp_path / "local"
     local.mkdir()
     s = scenario([mount, local], backend="inotify", sentinel_dir=local)
+    assert f"app: {mount}: inotify (configured)" in s.reloadd.log()
     write(backing / "pkg" / "models.py", "x = 2\n")
     write(backing / "new.py")
-    s.confirm(0)
+    write(mount / "pkg" / "through.py")
+    [line] = s.confirm(1)
+    assert line.paths == (str(mount / "pkg" / "through.py"),)
+    assert (mount / "new.py").exists()  # the backing writes did reach the mount
 
 
 @pytest.mark.slow
