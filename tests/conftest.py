@@ -22,7 +22,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,7 +280,10 @@ def start_reloadd(tmp_path: Path) -> Iterator[Callable[..., Reloadd]]:
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         name: str = "reloadd.toml",
+        wrapper: Sequence[str] = (),
     ) -> Reloadd:
+        """``wrapper`` is an argv prefix that must end by exec'ing the rest (``unshare
+        ... sh -c '...; exec "$@"' sh``), so that the process started is reloadd itself."""
         config = tmp_path / name
         config.write_text(textwrap.dedent(config_text))
         sock_path = tmp_path / f"notify-{len(started)}.sock"
@@ -296,7 +299,7 @@ def start_reloadd(tmp_path: Path) -> Iterator[Callable[..., Reloadd]]:
         full_env.update(env or {})
         with open(stderr_path, "wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "reloadd", "-c", str(config), *args],
+                [*wrapper, sys.executable, "-m", "reloadd", "-c", str(config), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,

@@ -8,15 +8,11 @@ Needs ``unshare`` (util-linux) and unprivileged-or-root user namespaces.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,52 +40,19 @@ def userns_works(unshare: str) -> bool:
 
 
 @pytest.fixture
-def start_in_userns(tmp_path: Path) -> Iterator[Start]:
-    """Start reloadd in a new user namespace with ``limits`` ({"max_inotify_watches": N})
-    written to /proc/sys/user/ first; waits for READY=1; stopped afterwards."""
+def start_in_userns(start_reloadd: Start, tmp_path: Path) -> Start:
+    """``start_reloadd`` in a new user namespace with ``limits`` ({"max_inotify_watches":
+    N}) written to /proc/sys/user/ first; waits for READY=1; stopped afterwards."""
     unshare = require_tool("unshare", "util-linux")
     require(userns_works(unshare), "user namespaces with writable /proc/sys/user limits")
-    started: list[Reloadd] = []
 
     def start(config_text: str, limits: dict[str, int]) -> Reloadd:
-        config = tmp_path / "reloadd.toml"
         own_socket = f"[daemon]\nsocket = {toml_value(tmp_path / 'control.sock')}\n"
-        config.write_text(textwrap.dedent(config_text) + own_socket)
-        sock_path = tmp_path / "notify.sock"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(sock_path))
-        sock.setblocking(False)
-        stderr_path = tmp_path / "reloadd.log"
         setup = " && ".join(f"echo {n} > /proc/sys/user/{k}" for k, n in limits.items())
-        env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
-        env.update({"NOTIFY_SOCKET": str(sock_path), "PYTHONUNBUFFERED": "1"})
-        argv = [unshare, "--user", "--map-root-user", "sh", "-c", f'{setup} && exec "$@"', "sh"]
-        argv += [sys.executable, "-m", "reloadd", "-c", str(config)]
-        with open(stderr_path, "wb") as err:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env, cwd=tmp_path
-            )
-        r = Reloadd(proc, config, stderr_path, sock)
-        started.append(r)
-        wait_for(
-            lambda: r.notified("READY=1") or proc.poll() is not None,
-            what="READY=1 from reloadd",
-            detail=r.log,
-        )
-        if proc.poll() is not None:
-            pytest.fail(f"reloadd exited with {proc.returncode}:\n{r.log()}")
-        return r
+        wrapper = (unshare, "--user", "--map-root-user", "sh", "-c", f'{setup} && exec "$@"', "sh")
+        return start_reloadd(textwrap.dedent(config_text) + own_socket, wrapper=wrapper)
 
-    yield start
-    for r in started:
-        if r.proc.poll() is None:
-            r.proc.send_signal(signal.SIGTERM)
-            try:
-                r.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                r.proc.kill()
-                r.proc.wait()
-        r.notify.close()
+    return start
 
 
 def service(name: str, watch: Path, log: Path, **keys: str) -> str:
