@@ -20,14 +20,19 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from reloadd.control import ControlServer
 
 RECORDER = str(Path(__file__).with_name("recorder.py"))
 DEADLINE = float(os.environ.get("RELOADD_TEST_DEADLINE", "20"))
@@ -322,6 +327,127 @@ def start_reloadd(tmp_path: Path) -> Iterator[Callable[..., Reloadd]]:
     for r in started:
         r.stop()
         r.notify.close()
+
+
+# --------------------------------------------------------------------------- control socket
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short, world-searchable directory for sockets: tmp_path can be too long for
+    sun_path, and 0700 (closed to a client that dropped to nobody)."""
+    path = Path(tempfile.mkdtemp(prefix="rld-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class StubDaemon:
+    """What ControlServer needs of the daemon, without one: a config naming the socket,
+    the service names, the event listeners; commands are recorded, not carried out.
+    Subclasses say what ``status`` and ``reload_config`` answer."""
+
+    def __init__(
+        self,
+        sock: Path,
+        services: dict[str, Any],
+        group: str | int | None = None,
+        mode: int = 0o666,
+    ) -> None:
+        from reloadd.config import Config, DaemonConfig
+
+        daemon = DaemonConfig(socket=str(sock), socket_group=group, socket_mode=mode)
+        self.config = Config("/etc/reloadd.toml", daemon, (), ())
+        self.services = services
+        self.listeners: set[Callable[[dict[str, Any]], None]] = set()
+        self.calls: list[tuple[str, str]] = []
+
+    def status(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def command(self, name: str, cmd: str) -> Any:
+        self.calls.append((name, cmd))
+        return None
+
+    async def reload_config(self) -> tuple[bool, str]:
+        raise NotImplementedError
+
+    def emit(self, record: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            listener(record)
+
+
+@contextlib.contextmanager
+def served(daemon: StubDaemon, **limits: Any) -> Iterator[ControlServer]:
+    """The real ControlServer over ``daemon`` on its own loop in a thread, for clients
+    that block (reloadctl, a forked client); yields the server, closed afterwards."""
+    from reloadd.control import ControlServer
+
+    loop = asyncio.new_event_loop()
+    server = ControlServer(daemon, **limits)
+    up = threading.Event()
+    failed: list[BaseException] = []
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(server.start())
+        except BaseException as exc:
+            failed.append(exc)
+            up.set()
+            return
+        up.set()
+        loop.run_forever()
+        loop.run_until_complete(server.close())
+
+    thread = threading.Thread(target=serve, name="control-server")
+    thread.start()
+    try:
+        assert up.wait(DEADLINE), "the server thread did not start"
+        assert not failed, failed
+        yield server
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(DEADLINE)
+        loop.close()
+
+
+def recorded_service(tmp_path: Path, name: str, **keys: object) -> dict[str, object]:
+    """The keys of a service ``name`` watching tmp_path/<name> (made here) whose target is
+    a recorder logging to tmp_path/<name>.log; ``keys`` add to or replace them."""
+    tree = tmp_path / name
+    tree.mkdir(exist_ok=True)
+    return {
+        "watch": [str(tree)],
+        "command": recorder_command(tmp_path / f"{name}.log"),
+        "debounce": "50ms",
+        **keys,
+    }
+
+
+def control_config(sock: Path, services: dict[str, dict[str, object]], daemon: str = "") -> str:
+    """A config text: the control socket ``sock`` (plus ``daemon`` lines) and ``services``."""
+    lines = ["[daemon]", f"socket = {toml_value(sock)}", daemon]
+    for name, keys in services.items():
+        lines.append(f"[services.{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
+    return "\n".join(lines) + "\n"
+
+
+def start_recorded(
+    start_reloadd: Callable[..., Reloadd],
+    tmp_path: Path,
+    sock: Path,
+    services: dict[str, dict[str, object]],
+    daemon: str = "",
+) -> tuple[Reloadd, dict[str, Recording]]:
+    """reloadd on the control socket ``sock`` with ``services`` (``recorded_service``
+    ones); waits for READY=1 and for each service's recorder to start."""
+    r = start_reloadd(control_config(sock, services, daemon))
+    recs = {name: Recording(tmp_path / f"{name}.log") for name in services}
+    for name, rec in recs.items():
+        wait_for(rec.ready_pids, what=f"{name}'s recorder to start", detail=r.log)
+    return r, recs
 
 
 @pytest.fixture(params=BACKENDS)

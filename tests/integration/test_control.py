@@ -14,13 +14,11 @@ import grp
 import json
 import os
 import pwd
-import shutil
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import traceback
 import uuid
 import warnings
@@ -31,19 +29,20 @@ from typing import Any
 import pytest
 from reloadd_testing import (
     DEADLINE,
-    Recording,
     Reloadd,
-    recorder_command,
+    StubDaemon,
+    control_config,
+    recorded_service,
     require,
     require_tool,
-    toml_value,
+    served,
+    start_recorded,
     until,
     wait_for,
 )
 
 from reloadd import __version__, ctl
 from reloadd import protocol as p
-from reloadd.config import Config, DaemonConfig
 from reloadd.control import (
     ControlError,
     ControlServer,
@@ -59,15 +58,6 @@ NOGROUP = 65534
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    """A short, world-searchable directory for sockets (tmp_path may be 0700 and long)."""
-    path = Path(tempfile.mkdtemp(prefix="rld-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def following(daemon: FakeDaemon, path: Path) -> Conn:
@@ -89,15 +79,12 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(bounded())
 
 
-class FakeDaemon:
-    """What ControlServer needs of the daemon, with a canned status and recorded commands."""
+class FakeDaemon(StubDaemon):
+    """A canned status of the services api and web, with their history, padding and a bug
+    on demand; reload-config succeeds."""
 
     def __init__(self, sock: Path, group: str | int | None = None, mode: int = 0o666) -> None:
-        daemon = DaemonConfig(socket=str(sock), socket_group=group, socket_mode=mode)
-        self.config = Config("/etc/reloadd.toml", daemon, (), ())
-        self.services: dict[str, Any] = {"api": None, "web": None}
-        self.listeners: set[Callable[[dict[str, Any]], None]] = set()
-        self.calls: list[tuple[str, str]] = []
+        super().__init__(sock, {"api": None, "web": None}, group, mode)
         self.history: list[dict[str, Any]] = []
         self.pad = ""  # makes the status as large as a test needs
         self.broken = False
@@ -114,16 +101,8 @@ class FakeDaemon:
             ],
         }
 
-    async def command(self, name: str, cmd: str) -> Any:
-        self.calls.append((name, cmd))
-        return None
-
     async def reload_config(self) -> tuple[bool, str]:
         return True, "0 added, 0 changed, 0 removed"
-
-    def emit(self, record: dict[str, Any]) -> None:
-        for listener in list(self.listeners):
-            listener(record)
 
 
 class Conn:
@@ -153,38 +132,6 @@ class Conn:
 
     def close(self) -> None:
         self.writer.close()
-
-
-@contextlib.contextmanager
-def served(daemon: FakeDaemon, **limits: Any) -> Iterator[ControlServer]:
-    """A ControlServer on its own loop in a thread, for clients that block (reloadctl)."""
-    loop = asyncio.new_event_loop()
-    server = ControlServer(daemon, **limits)
-    up = threading.Event()
-    failed: list[BaseException] = []
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(server.start())
-        except BaseException as exc:
-            failed.append(exc)
-            up.set()
-            return
-        up.set()
-        loop.run_forever()
-        loop.run_until_complete(server.close())
-
-    thread = threading.Thread(target=serve, name="control-server")
-    thread.start()
-    try:
-        assert up.wait(DEADLINE), "the server thread did not start"
-        assert not failed, failed
-        yield server
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(DEADLINE)
-        loop.close()
 
 
 def as_user(
@@ -636,28 +583,6 @@ def test_nobody_may_read_but_not_change_and_reloadd_s_own_uid_may(sockdir: Path)
 # --------------------------------------------------------------------------- the real daemon
 
 
-def _config(
-    sock: Path, tmp_path: Path, services: dict[str, dict[str, object]], daemon: str = ""
-) -> str:
-    lines = ["[daemon]", f"socket = {toml_value(sock)}", daemon]
-    for name, keys in services.items():
-        lines.append(f"[services.{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _recorded(tmp_path: Path, name: str, **keys: object) -> dict[str, object]:
-    """A service whose target is a recorder, watching tmp_path/<name>."""
-    tree = tmp_path / name
-    tree.mkdir(exist_ok=True)
-    return {
-        "watch": [str(tree)],
-        "command": recorder_command(tmp_path / f"{name}.log"),
-        "debounce": "50ms",
-        **keys,
-    }
-
-
 def ask(path: Path, cmd: str, **args: Any) -> dict[str, Any]:
     """One request over a fresh connection to the real daemon (blocking)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -677,13 +602,6 @@ def service(path: Path, name: str) -> dict[str, Any]:
     return svc
 
 
-def started(tmp_path: Path, *names: str) -> dict[str, Recording]:
-    recs = {name: Recording(tmp_path / f"{name}.log") for name in names}
-    for name, rec in recs.items():
-        wait_for(lambda rec=rec: rec.ready_pids(), what=f"{name}'s recorder to start")
-    return recs
-
-
 @pytest.mark.slow
 def test_status_fields_after_real_reloads(
     start_reloadd: Callable[..., Reloadd], tmp_path: Path, sockdir: Path
@@ -692,17 +610,11 @@ def test_status_fields_after_real_reloads(
     2. The status names the daemon, each target, each reload and each error correctly."""
     sock = sockdir / "control.sock"
     fail = ["sh", "-c", "echo checking; echo 'syntax error' >&2; exit 3"]
-    r = start_reloadd(
-        _config(
-            sock,
-            tmp_path,
-            {
-                "app": _recorded(tmp_path, "app"),
-                "checked": _recorded(tmp_path, "checked", check=fail),
-            },
-        )
-    )
-    recs = started(tmp_path, "app", "checked")
+    services = {
+        "app": recorded_service(tmp_path, "app"),
+        "checked": recorded_service(tmp_path, "checked", check=fail),
+    }
+    r, recs = start_recorded(start_reloadd, tmp_path, sock, services)
     pid = recs["app"].ready_pids()[-1]
     (tmp_path / "app" / "one.py").write_text("1\n")
     (tmp_path / "app" / "two.py").write_text("2\n")
@@ -767,12 +679,11 @@ def test_paused_service_refuses_reload_and_resume_reloads_once(
     3. resume: one reload carrying all three. 4. A manual reload is the next one: nothing
     else was on its way."""
     sock = sockdir / "control.sock"
-    start_reloadd(
-        _config(
-            sock, tmp_path, {"app": _recorded(tmp_path, "app"), "side": _recorded(tmp_path, "side")}
-        )
-    )
-    recs = started(tmp_path, "app", "side")
+    services = {
+        "app": recorded_service(tmp_path, "app"),
+        "side": recorded_service(tmp_path, "side"),
+    }
+    _, recs = start_recorded(start_reloadd, tmp_path, sock, services)
     assert ask(sock, "pause", service="app")["result"]["service"]["state"] == "paused"
     refused = ask(sock, "reload", service="app")
     assert refused["error"] == {
@@ -813,15 +724,14 @@ def test_socket_group_members_may_change(
     nobody = need_nobody()
     name, gid = test_group
     sock = sockdir / "control.sock"
-    r = start_reloadd(
-        _config(
-            sock,
-            tmp_path,
-            {"app": _recorded(tmp_path, "app")},
-            daemon=f'socket_group = "{name}"\nsocket_mode = "0666"',
-        )
+    r, recs = start_recorded(
+        start_reloadd,
+        tmp_path,
+        sock,
+        {"app": recorded_service(tmp_path, "app")},
+        daemon=f'socket_group = "{name}"\nsocket_mode = "0666"',
     )
-    rec = started(tmp_path, "app")["app"]
+    rec = recs["app"]
     assert sock.stat().st_gid == gid
 
     code, out, err = reloadctl_as(nobody, NOGROUP, (), "--socket", str(sock), "status")
@@ -853,7 +763,7 @@ def test_second_daemon_on_a_live_socket_fails_and_a_stale_one_is_replaced(
     2. The first is killed (its socket stays); a new one replaces the stale socket.
     3. A graceful stop removes the socket."""
     sock = sockdir / "control.sock"
-    text = _config(sock, tmp_path, {})
+    text = control_config(sock, {})
     first = start_reloadd(text)
     second = start_reloadd(text, wait_ready=False, name="second.toml")
     assert second.proc.wait(DEADLINE) == 1

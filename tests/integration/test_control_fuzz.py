@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import random
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from reloadd_testing import DEADLINE, Recording, Reloadd, recorder_command, toml_value, wait_for
+from reloadd_testing import DEADLINE, Recording, Reloadd, recorded_service, start_recorded, wait_for
 
 from reloadd import protocol as p
 
@@ -219,28 +219,15 @@ def test_the_corpus_is_big_and_one_line_each() -> None:
 
 @pytest.fixture
 def daemon(
-    start_reloadd: Callable[..., Reloadd], tmp_path: Path
-) -> Iterator[tuple[Reloadd, Path, Recording]]:
-    import shutil
-    import tempfile
-
-    sockdir = Path(tempfile.mkdtemp(prefix="rld-", dir="/tmp"))
+    sockdir: Path, start_reloadd: Callable[..., Reloadd], tmp_path: Path
+) -> tuple[Reloadd, Path, Recording]:
+    """reloadd with one recorded service ``app`` on its control socket (the socket's
+    directory asked for first: it goes after reloadd has stopped)."""
     sock = sockdir / "control.sock"
-    app = tmp_path / "app"
-    app.mkdir()
-    log = tmp_path / "app.log"
-    r = start_reloadd(
-        f"[daemon]\nsocket = {toml_value(sock)}\n"
-        f"[services.app]\nwatch = [{toml_value(app)}]\n"
-        f'command = {toml_value(recorder_command(log))}\ndebounce = "50ms"\n'
+    r, recs = start_recorded(
+        start_reloadd, tmp_path, sock, {"app": recorded_service(tmp_path, "app")}
     )
-    rec = Recording(log)
-    wait_for(rec.ready_pids, what="the recorder", detail=r.log)
-    try:
-        yield r, sock, rec
-    finally:
-        r.stop()
-        shutil.rmtree(sockdir, ignore_errors=True)
+    return r, sock, recs["app"]
 
 
 def connect(sock: Path) -> socket.socket:

@@ -3,17 +3,14 @@ command against a fixture daemon and against the real one."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timezone
@@ -21,11 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reloadd_testing import DEADLINE, Recording, Reloadd, recorder_command, toml_value, wait_for
+from reloadd_testing import (
+    DEADLINE,
+    Recording,
+    Reloadd,
+    StubDaemon,
+    recorded_service,
+    recorder_command,
+    served,
+    start_recorded,
+    toml_value,
+    wait_for,
+)
 
 from reloadd import cli, ctl
-from reloadd.config import Config, DaemonConfig
-from reloadd.control import ControlServer
 from reloadd.ctl import Style, find_socket, format_ago, render_event, render_status, render_why
 
 REPO = Path(__file__).resolve().parents[2]
@@ -394,30 +400,15 @@ def test_an_unreadable_config_means_the_default_socket(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- a fixture daemon
 
 
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    """A short directory for sockets (a tmp_path can be too long for sun_path)."""
-    path = Path(tempfile.mkdtemp(prefix="rld-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-class FixtureDaemon:
-    """Serves the fixture status; records commands."""
+class FixtureDaemon(StubDaemon):
+    """Serves the fixture status; records commands; refuses reload-config."""
 
     def __init__(self, sock: Path, status: dict[str, Any]) -> None:
-        self.config = Config("/etc/reloadd.toml", DaemonConfig(socket=str(sock)), (), ())
+        super().__init__(sock, {svc["name"]: svc for svc in status["services"]})
         self._status = status
-        self.services = {svc["name"]: svc for svc in status["services"]}
-        self.listeners: set[Callable[[dict[str, Any]], None]] = set()
-        self.calls: list[tuple[str, str]] = []
 
     def status(self) -> dict[str, Any]:
         return self._status
-
-    async def command(self, name: str, cmd: str) -> Any:
-        self.calls.append((name, cmd))
-        return None
 
     async def reload_config(self) -> tuple[bool, str]:
         return False, "/etc/reloadd.toml:3: [services.x] watch: expected a list\nsecond problem"
@@ -427,26 +418,8 @@ class FixtureDaemon:
 def fixture_daemon(sock: Path, status: dict[str, Any] = STATUS) -> Iterator[FixtureDaemon]:
     """The real ControlServer over the fixture, on a loop in a thread (reloadctl blocks)."""
     daemon = FixtureDaemon(sock, status)
-    loop = asyncio.new_event_loop()
-    server = ControlServer(daemon)
-    up = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        up.set()
-        loop.run_forever()
-        loop.run_until_complete(server.close())
-
-    thread = threading.Thread(target=serve, name="fixture-daemon")
-    thread.start()
-    try:
-        assert up.wait(DEADLINE), "the fixture daemon did not start"
+    with served(daemon):
         yield daemon
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(DEADLINE)
-        loop.close()
 
 
 def reloadctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -611,20 +584,13 @@ def reloadctl_argv() -> list[str]:
 
 
 def start_with_app(
-    start_reloadd: Callable[..., Reloadd], tmp_path: Path, sock: Path, extra: str = ""
+    start_reloadd: Callable[..., Reloadd], tmp_path: Path, sock: Path, **more: dict[str, object]
 ) -> tuple[Reloadd, Recording]:
-    app = tmp_path / "app"
-    app.mkdir()
-    log = tmp_path / "app.log"
-    text = (
-        f"[daemon]\nsocket = {toml_value(sock)}\nwatch_config = false\n"
-        f"[services.app]\nwatch = [{toml_value(app)}]\n"
-        f'command = {toml_value(recorder_command(log))}\ndebounce = "50ms"\n{extra}'
-    )
-    r = start_reloadd(text)
-    rec = Recording(log)
-    wait_for(rec.ready_pids, what="the recorder to start", detail=r.log)
-    return r, rec
+    """reloadd (not watching its config) with a recorded service ``app`` and ``more``
+    services; returns it and app's recording."""
+    services = {"app": recorded_service(tmp_path, "app"), **more}
+    r, recs = start_recorded(start_reloadd, tmp_path, sock, services, "watch_config = false")
+    return r, recs["app"]
 
 
 @pytest.mark.slow
@@ -638,14 +604,9 @@ def test_every_command_against_the_real_daemon(
     `status --json` validates against docs/status.schema.json."""
     jsonschema = pytest.importorskip("jsonschema")
     sock = sockdir / "control.sock"
-    (tmp_path / "checked").mkdir()
-    failing = (
-        f"[services.checked]\nwatch = [{toml_value(tmp_path / 'checked')}]\n"
-        f"command = {toml_value(recorder_command(tmp_path / 'checked.log'))}\n"
-        'check = ["sh", "-c", "echo checking; echo \'syntax error\' >&2; exit 3"]\n'
-    )
-    r, rec = start_with_app(start_reloadd, tmp_path, sock, failing)
-    wait_for(Recording(tmp_path / "checked.log").ready_pids, what="the second recorder")
+    fail = ["sh", "-c", "echo checking; echo 'syntax error' >&2; exit 3"]
+    checked = recorded_service(tmp_path, "checked", check=fail)
+    r, rec = start_with_app(start_reloadd, tmp_path, sock, checked=checked)
     pid = rec.ready_pids()[-1]
     run = lambda *argv: reloadctl(capsys, "--socket", str(sock), *argv)  # noqa: E731
 
