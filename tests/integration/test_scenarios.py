@@ -859,3 +859,48 @@ def test_overflow_rescan_follows_renames_and_locks(scenario: Start, app: Path) -
     lines = s.wait_reloads(2, timeout=20)
     assert lines[1].paths == (str(app / "lib" / "models.py"),)
     s.confirm(2)
+
+
+def test_watch_path_below_a_swapped_symlink(scenario: Start, backend: str, tmp_path: Path) -> None:
+    """``watch = [".../current/lib"]`` with ``current -> releases/1`` (the link is an
+    ancestor, not the watch path): swapping ``current`` to ``releases/2`` is a change, and
+    then writes in releases/2/lib reload and writes in releases/1/lib do not."""
+    rel1 = tmp_path / "releases" / "1"
+    rel2 = tmp_path / "releases" / "2"
+    write(rel1 / "lib" / "util.py", "v1")
+    write(rel2 / "lib" / "util.py", "v2")  # before the start: the swap is the only event
+    current = tmp_path / "current"
+    current.symlink_to("releases/1")
+    s = scenario(current / "lib", backend=backend)
+    (tmp_path / "current.tmp").symlink_to("releases/2")
+    os.replace(tmp_path / "current.tmp", current)
+    s.confirm(1)
+    write(rel1 / "lib" / "util.py", "old release, not watched any more")
+    write(rel2 / "lib" / "util.py", "v3")
+    lines = s.wait_reloads(3)
+    assert lines[2].paths == (str(current / "lib" / "util.py"),)
+    s.confirm(3)
+
+
+def test_symlink_chain_middle_link_swapped(scenario: Start, backend: str, tmp_path: Path) -> None:
+    """``etc/app -> ../srv/current`` and ``srv/current -> releases/1``: swapping the
+    middle link (``srv/current``) to ``releases/2`` is a change, and the new release is
+    the one watched from then on."""
+    rel1 = tmp_path / "srv" / "releases" / "1"
+    rel2 = tmp_path / "srv" / "releases" / "2"
+    write(rel1 / "app.py", "v1")
+    current = tmp_path / "srv" / "current"
+    current.symlink_to("releases/1")
+    link = tmp_path / "etc" / "app"
+    link.parent.mkdir()
+    link.symlink_to("../srv/current")
+    write(rel2 / "app.py", "v2")  # before the start: the swap is the only event
+    s = scenario(link, backend=backend)
+    (tmp_path / "srv" / "current.tmp").symlink_to("releases/2")
+    os.replace(tmp_path / "srv" / "current.tmp", current)
+    s.confirm(1)
+    write(rel1 / "app.py", "old release, not watched any more")
+    write(rel2 / "app.py", "v3")
+    lines = s.wait_reloads(3)
+    assert lines[2].paths == (str(link / "app.py"),)
+    s.confirm(3)

@@ -565,7 +565,7 @@ class Tree:
         kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
         ident: tuple[object, ...]
         if kind == "dir":
-            ident = (kind, target or os.path.realpath(self.root), st.st_dev, st.st_ino)
+            ident = (kind, target, st.st_dev, st.st_ino)
         else:
             ident = (kind, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if self.state == "watching" and ident == self._ident:
@@ -583,14 +583,17 @@ class Tree:
             self._pending.append(self.root)
         self._dirty = self._dirty or report or was_watching
 
-    def _place_anchors(self) -> str | None:
-        """Watch the anchors; returns the root's resolved path when the root is a symlink."""
-        leads = [self.root]
-        target = os.path.realpath(self.root) if os.path.islink(self.root) else None
-        if target is not None:
-            leads.append(target)
+    def _place_anchors(self) -> str:
+        """Watch the anchors; returns the root's resolved path.
+
+        An anchor is the directory holding something that decides where the root is: the
+        root's own name, every symlink met on the way to it (the root itself, an ancestor
+        such as Capistrano's ``current``, a link in the middle of a chain), and the
+        resolved target. A swap of any of them shows there as an entry that comes or goes.
+        """
+        resolved, links = _resolve(self.root)
         self._names = {}
-        for path in leads:
+        for path in (self.root, *links, resolved) if links else (self.root,):
             anchor = _existing_ancestor(os.path.dirname(path))
             below = os.path.relpath(path, anchor).split("/", 1)[0]
             self._names.setdefault(anchor, set()).add(below)
@@ -603,7 +606,7 @@ class Tree:
                 self.anchors[path] = self.hub.watch(Slot(self, "anchor", path), path, True)
             except OSError as exc:
                 self._warn_once(path, f"cannot watch {display(path)}: {exc.strerror}")
-        return target
+        return resolved
 
     def _teardown(self) -> None:
         for wd in self.dirs.values():
@@ -686,6 +689,45 @@ class Tree:
         if key not in self._warned:
             self._warned.add(key)
             log.warning("%s", message)
+
+
+_MAX_HOPS = 40  # symlinks followed in one resolution, as the kernel's ELOOP limit
+
+
+def _resolve(path: str) -> tuple[str, list[str]]:
+    """``path`` (absolute, normalised) with its symlinks resolved, and the symlinks met on
+    the way, each named by its resolved parent directory (which exists).
+
+    The rest of a path that does not exist (or is too long, or loops) is kept as it is,
+    like ``os.path.realpath`` does.
+    """
+    links: list[str] = []
+    todo = path.split("/")[::-1]
+    done = ""
+    while todo:
+        part = todo.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            done = done.rpartition("/")[0]
+            continue
+        here = f"{done}/{part}"
+        try:
+            is_link = stat.S_ISLNK(os.lstat(here).st_mode)
+            target = os.readlink(here) if is_link and len(links) < _MAX_HOPS else None
+        except OSError:  # missing, or replaced meanwhile: the anchors see what comes next
+            target, is_link = None, True
+        if not is_link:
+            done = here
+            continue
+        if target is None:  # not there, or a loop: the rest stays as it is
+            return os.path.normpath("/".join([here, *todo[::-1]])), links
+        if here not in links:
+            links.append(here)
+        if target.startswith("/"):
+            done = ""
+        todo.extend(target.split("/")[::-1])
+    return done or "/", links
 
 
 def _existing_ancestor(path: str) -> str:
