@@ -593,7 +593,7 @@ class Tree:
         """
         resolved, links = _resolve(self.root)
         self._names = {}
-        for path in (self.root, *links, resolved) if links else (self.root,):
+        for path in (*links, resolved) if links else (self.root,):
             anchor = _existing_ancestor(os.path.dirname(path))
             below = os.path.relpath(path, anchor).split("/", 1)[0]
             self._names.setdefault(anchor, set()).add(below)
