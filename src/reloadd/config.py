@@ -8,7 +8,13 @@ dotted key path and what was expected, e.g.::
     /etc/reloadd.toml: services.web.signal = "SIGHUPP": unknown signal (did you mean SIGHUP?)
 
 The module is pure apart from reading the config files, stat'ing watch paths (a missing one
-is a warning: the service waits for it) and pwd/grp lookups.
+is a warning: the service waits for it) and pwd/grp lookups. A watch path is stat'ed in a
+daemon thread and given up on after ``watch.PROBE_TIMEOUT`` (5 s; all paths at once): on a
+hung mount (a dead NFS server, a stopped FUSE daemon) the stat would block for ever, at
+start-up and in a live re-read alike. Such a path is a warning, not an error: reloadd
+starts, polls it and shows why in the status (docs/backends.md). Only where reloadd would
+run a ``command``/``check``/``exec`` as root over it is it an error: who can write the tree
+cannot be checked, and that check fails closed.
 
 Decisions where DESIGN.md is silent (an operator's reasonable expectation, written down):
 
@@ -49,6 +55,7 @@ Decisions where DESIGN.md is silent (an operator's reasonable expectation, writt
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import difflib
 import grp
@@ -59,6 +66,7 @@ import re
 import shlex
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -66,6 +74,7 @@ from signal import Signals
 from typing import Any, cast
 
 from reloadd import trust
+from reloadd.watch import PROBE_TIMEOUT, Call, shared_call
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -1125,26 +1134,64 @@ def _build_service(
     bad |= {k for k in defaults_bad if k not in raw.table}
     if not _check_service(raw, values, bad, from_defaults, out):
         return None
-    for path in values["watch"]:
-        try:
-            os.stat(path)
-        except FileNotFoundError:
-            out.warnings.append(
-                f"{_key('services', raw.name, 'watch')}: {path} does not exist yet; "
-                "the service waits for it"
+    return ServiceSpec(name=raw.name, source=raw.file, **values)
+
+
+def _check_watch_paths(specs: list[ServiceSpec], out: _Collector) -> list[ServiceSpec]:
+    """Stat every watch path (warnings), then refuse services that would run code as root
+    over a tree others can write (issue 8). The stats run in daemon threads, all at once,
+    each given up on after PROBE_TIMEOUT: a hung mount must not hang validation."""
+    calls = {p: shared_call(("stat", p), os.stat, p) for spec in specs for p in spec.watch}
+    safe = []
+    for spec in specs:
+        key = _key("services", spec.name, "watch")
+        hung = []
+        for path in spec.watch:
+            error = _stat_error(calls[path])
+            if error is None:
+                continue
+            if isinstance(error, FileNotFoundError):
+                out.warnings.append(f"{key}: {path} does not exist yet; the service waits for it")
+            elif isinstance(error, TimeoutError):
+                hung.append(path)
+                out.warnings.append(
+                    f"{key}: {path}: stat did not answer in {PROBE_TIMEOUT:g}s (a hung network "
+                    "or FUSE mount?); the service starts and polls it until it answers"
+                )
+            else:
+                out.warnings.append(
+                    f"{key}: {path} cannot be checked ({error.strerror or error}); "
+                    "the service waits for it"
+                )
+        runs = _root_runs(spec)
+        if runs and hung:
+            unsafe: str | None = (
+                f"runs {' and '.join(runs)} as root over {hung[0]}, which did not answer a "
+                f"stat in {PROBE_TIMEOUT:g}s (a hung mount?), so who can write it cannot be "
+                f'checked. Set user = "<the app\'s user>" to run '
+                f'{"them" if len(runs) > 1 else "it"} as that user, or user = "root" if root '
+                "is really meant"
             )
-        except OSError as e:
-            out.warnings.append(
-                f"{_key('services', raw.name, 'watch')}: {path} cannot be checked "
-                f"({e.strerror or e}); the service waits for it"
-            )
-    spec = ServiceSpec(name=raw.name, source=raw.file, **values)
-    unsafe = root_over_writable_tree(spec)
-    if unsafe is not None:  # issue 8: the app's user must not be able to make root run code
-        runner = next(k for k in _RUNNER_KEYS if getattr(spec, k) is not None)
-        out.add(raw.file, ("services", raw.name, runner), unsafe)
-        return None
-    return spec
+        else:
+            unsafe = root_over_writable_tree(spec)
+        if unsafe is not None:  # issue 8: the app's user must not be able to make root run code
+            runner = next(k for k in _RUNNER_KEYS if getattr(spec, k) is not None)
+            out.add(spec.source, ("services", spec.name, runner), unsafe)
+            continue
+        safe.append(spec)
+    return safe
+
+
+def _stat_error(call: Call) -> OSError | None:
+    """What the stat ``call`` raised, TimeoutError when it did not answer in time, or
+    None when it answered."""
+    try:
+        call.future.result(max(call.deadline(PROBE_TIMEOUT) - time.monotonic(), 0.0))
+    except concurrent.futures.TimeoutError:
+        return TimeoutError()
+    except OSError as exc:
+        return exc
+    return None
 
 
 def load(path: str | os.PathLike[str]) -> Config:
@@ -1191,6 +1238,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         spec = _build_service(raw, defaults, defaults_bad, out)
         if spec is not None:
             services.append(spec)
+    services = _check_watch_paths(services, out)
     if out.problems:
         raise ConfigError(out.problems)
     if not services:
@@ -1334,9 +1382,8 @@ def root_over_writable_tree(spec: ServiceSpec, *, euid: int | None = None) -> st
         >>> root_over_writable_tree(spec)  # doctest: +SKIP
         'runs check as root over /srv/api: /srv/api/app is owned by www-data (uid 33), ...'
     """
-    euid = os.geteuid() if euid is None else euid
-    runs = [k for k in _RUNNER_KEYS if getattr(spec, k) is not None]
-    if euid != 0 or spec.user is not None or not runs:
+    runs = _root_runs(spec, euid=euid)
+    if not runs:
         return None
     for path in spec.watch:
         why = _tree_writer(path)
@@ -1348,6 +1395,14 @@ def root_over_writable_tree(spec: ServiceSpec, *, euid: int | None = None) -> st
                 "root is really meant"
             )
     return None
+
+
+def _root_runs(spec: ServiceSpec, *, euid: int | None = None) -> list[str]:
+    """The keys (command, check, exec) whose commands reloadd would run as root."""
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0 or spec.user is not None:
+        return []
+    return [k for k in _RUNNER_KEYS if getattr(spec, k) is not None]
 
 
 def _tree_writer(path: str) -> str | None:

@@ -44,7 +44,7 @@ from reloadd.notify import Notifier
 from reloadd.protocol import FAILED, REFUSED, CommandError
 from reloadd.service import Refused, Reload, Service
 from reloadd.target import DeliveryError
-from reloadd.watch import WatchPath
+from reloadd.watch import Look, WatchPath, look_all, looked
 from reloadd.watch.filters import PathFilter, display
 from reloadd.watch.inotify import Hub
 
@@ -123,9 +123,12 @@ class Daemon:
             # same socket fails here, and reloadctl is answered as soon as READY=1 is out.
             self.control = ControlServer(self)
             await self.control.start()
+            # statfs of every watch path, in threads and at most PROBE_TIMEOUT: a path on
+            # a hung mount is polled instead of stopping the loop (docs/backends.md)
+            looks = await self._look(self.config.services)
             for spec in self.config.services:
-                self._add(spec)
-            self._watch_config()
+                self._add(spec, looks)
+            await self._watch_config()
             await self._baselines()  # READY=1 means every polled tree has its baseline
             for warning in self.config.warnings:
                 log.warning("%s", warning)
@@ -226,13 +229,20 @@ class Daemon:
 
     # -- services ---------------------------------------------------------------------
 
-    def _add(self, spec: ServiceSpec) -> Service:
-        return self._launch(self._build(spec))
+    @staticmethod
+    async def _look(specs: list[ServiceSpec] | tuple[ServiceSpec, ...]) -> dict[str, Look | None]:
+        """The file systems of the services' watch paths, looked at off the loop."""
+        return await look_all((path, spec.backend) for spec in specs for path in spec.watch)
 
-    def _build(self, spec: ServiceSpec) -> Service:
-        """A new service with its watches armed (a baseline), not yet running."""
+    def _add(self, spec: ServiceSpec, looks: dict[str, Look | None]) -> Service:
+        return self._launch(self._build(spec, looks))
+
+    def _build(self, spec: ServiceSpec, looks: dict[str, Look | None]) -> Service:
+        """A new service with its watches armed (a baseline), not yet running; its watch
+        paths' file systems come from ``looks`` (``_look``), not from statfs on the loop."""
         assert self.hub is not None
-        svc = Service(spec, self.hub, on_reload=self._on_reload)
+        with looked(looks):
+            svc = Service(spec, self.hub, on_reload=self._on_reload)
         svc.arm()
         return svc
 
@@ -330,6 +340,8 @@ class Daemon:
         removed = [self.services[n] for n in old if n not in want and n in self.services]
         added = [s for n, s in want.items() if n not in old]
         changed = [s for n, s in want.items() if n in old and old[n] != s]
+        rewatched = [s for s in changed if _watch_changed(s, old[s.name])]
+        looks = await self._look([*added, *rewatched])  # off the loop, like at start
         before, self.config = self.config, new
         # removed first: a service renamed in the file may need its port back
         for svc in removed:
@@ -337,16 +349,18 @@ class Daemon:
             del self.services[svc.name]
         await self._stop_services(removed)
         for spec in changed:
-            await self._rebuild(spec, old[spec.name])
+            await self._rebuild(spec, old[spec.name], looks)
         for spec in added:
             log.info("%s: added to the config; starting it", spec.name)
-            self._add(spec)
+            self._add(spec, looks)
         self._note_daemon_changes(before.daemon, new.daemon)
-        self._watch_config()
+        await self._watch_config()
         parts = [f"{len(added)} added", f"{len(changed)} changed", f"{len(removed)} removed"]
         return ", ".join(parts)
 
-    async def _rebuild(self, spec: ServiceSpec, before: ServiceSpec) -> None:
+    async def _rebuild(
+        self, spec: ServiceSpec, before: ServiceSpec, looks: dict[str, Look | None]
+    ) -> None:
         """Replace a service whose spec changed; keep its process unless it must change.
 
         What the old service knew carries over: its watches when no ``WATCH_KEYS`` key
@@ -362,8 +376,12 @@ class Daemon:
         ]
         supervised = spec.target_kind == before.target_kind == "command"
         keep_process = supervised and not set(keys) & set(PROCESS_KEYS)
-        new = Service(spec, self.hub, on_reload=self._on_reload)
-        if set(keys) & set(WATCH_KEYS):
+        rewatch = set(keys) & set(WATCH_KEYS)
+        if not rewatch:  # its new trees are closed unused below: nothing to look at
+            looks = dict.fromkeys(spec.watch, Look(None, exists=False))
+        with looked(looks):
+            new = Service(spec, self.hub, on_reload=self._on_reload)
+        if rewatch:
             # Armed before the old ones close: on inotify the kernel hands the new trees
             # the same watch descriptors, so events already queued reach them too.
             new.arm()
@@ -405,7 +423,7 @@ class Daemon:
 
     # -- watching the config ------------------------------------------------------------
 
-    def _watch_config(self) -> None:
+    async def _watch_config(self) -> None:
         """Watch the config file and its drop-in dir, as ``[daemon]`` says (re-armed when
         ``watch_config`` or ``include`` change; new watches before old ones close)."""
         daemon = self.config.daemon
@@ -413,24 +431,30 @@ class Daemon:
         if key == self._config_watched:
             return
         assert self.hub is not None
-        self._config_watched = key
-        old, self._config_trees = self._config_trees, []
         # Config files live on local disks: inotify, whose anchor also sees a missing
         # drop-in dir appear, with no periodic look (auto would re-check a missing path
         # every poll_interval, the only idle wake-up reloadd would have). Without an
         # inotify instance, auto falls back to polling.
         backend = "inotify" if self.hub.inotify is not None else "auto"
-        if daemon.watch_config:
-            for root, filt in (
-                (self.config.path, PathFilter()),
-                (daemon.include, PathFilter(("/*.toml",))),
-            ):
-                label = f"config: {display(root)}"
+        roots = (
+            ((self.config.path, PathFilter()), (daemon.include, PathFilter(("/*.toml",))))
+            if daemon.watch_config
+            else ()
+        )
+        # even /etc may be a network mount: looked at off the loop like service paths
+        looks = await look_all((root, backend) for root, _ in roots)
+        if self._stop.is_set():
+            return  # shutting down meanwhile: nothing is to be watched any more
+        self._config_watched = key
+        old, self._config_trees = self._config_trees, []
+        for root, filt in roots:
+            label = f"config: {display(root)}"
+            with looked(looks):
                 tree = WatchPath(
                     self.hub, root, filt, self._on_config_change, backend=backend, label=label
                 )
-                tree.start()
-                self._config_trees.append(tree)
+            tree.start()
+            self._config_trees.append(tree)
         for tree in old:
             tree.close()
 
@@ -506,6 +530,10 @@ class Daemon:
 
     def _update_status(self) -> None:
         self.notifier.status(self.status_line())
+
+
+def _watch_changed(spec: ServiceSpec, before: ServiceSpec) -> bool:
+    return any(getattr(spec, k) != getattr(before, k) for k in WATCH_KEYS)
 
 
 __all__ = ["Daemon", "NoSuchService", "Refused"]

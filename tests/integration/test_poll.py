@@ -22,6 +22,7 @@ from reloadd_testing import (
     Recording,
     recorder_command,
     require,
+    running,
     toml_value,
     until,
     wait_for,
@@ -642,6 +643,61 @@ def test_recheck_statfs_runs_off_the_loop_one_at_a_time(
     asyncio.run(main())
     assert threading.main_thread().name not in calls
     assert active[1] == 1
+
+
+def test_daemon_with_a_statfs_that_never_answers_gets_ready_and_exits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without FUSE (tests/integration/test_hung_mount.py has the real hung mount):
+    statfs is replaced by a call that never returns. The in-process daemon still gets
+    ready (the look is given up after PROBE_TIMEOUT, shortened here), shows the path
+    polled and why, serves a local inotify service meanwhile, and ``asyncio.run``
+    returns at shutdown although the look's thread is still stuck: it is a daemon
+    thread of its own, not one of the default executor, which asyncio.run waits for."""
+    import reloadd.watch as watch
+
+    stuck = tmp_path / "stuck"
+    stuck.mkdir()
+    local = tmp_path / "local"
+    local.mkdir()
+    release = threading.Event()
+    real = watch.fs_type
+
+    def fs_type(path: str) -> int | None:
+        if path.startswith(str(stuck)):
+            release.wait(60)  # "never": released only after asyncio.run returned
+        return real(path)
+
+    monkeypatch.setattr(watch, "fs_type", fs_type)
+    monkeypatch.setattr(watch, "PROBE_TIMEOUT", 0.3)
+    reasons: dict[str, str] = {}
+    logs = tmp_path / "local.signals"
+
+    async def main() -> None:
+        services = f"""
+            [services.stuck]
+            watch = [{toml_value(str(stuck))}]
+            pidfile = {toml_value(str(tmp_path / "x.pid"))}
+            [services.local]
+            watch = [{toml_value(str(local))}]
+            backend = "inotify"
+            command = {toml_value(recorder_command(logs))}
+            """
+        async with running(tmp_path, services) as daemon:
+            for svc in daemon.status()["services"]:
+                reasons[svc["name"]] = svc["backend_reason"]
+            rec = Recording(logs)
+            await until(rec.ready_pids, "the local recorder")
+            write(local / "app.py", "v = 1\n")
+            await until(lambda: rec.count() >= 1, "the local service reloaded")
+
+    try:
+        asyncio.run(main())
+        assert any(t.name.startswith("statfs ") for t in threading.enumerate())  # still stuck
+    finally:
+        release.set()
+    assert reasons["stuck"] == "statfs did not answer in 0.3s"
+    assert reasons["local"] == "configured"
 
 
 @pytest.mark.slow

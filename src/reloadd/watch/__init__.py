@@ -44,17 +44,31 @@ inotify watch limit runs out (``fs.inotify.max_user_watches``: ``inotify_add_wat
 says ENOSPC) the subtrees that could not be watched are polled and the rest stays on
 inotify; when no inotify instance can be had at all (``fs.inotify.max_user_instances``:
 EMFILE) every watch path polls. The status says which and why, per watch path.
+
+A hung mount (a dead NFS server, a stopped FUSE daemon) makes ``statfs`` and ``stat``
+block for ever. Every look at a watch path's file system therefore runs in a daemon
+thread and is given up after ``PROBE_TIMEOUT``: ``look_all`` looks at many paths at once
+from the loop, and the daemon hands the answers to the ``WatchPath``s it builds
+(``looked``). A path that does not answer is polled (the scans run in threads too) with
+the reason "statfs did not answer in 5s", and looked at again every ``poll_interval``
+until it answers. The threads are daemon threads of their own, not an executor's: one
+stuck in a hung mount must not keep reloadd from exiting (``asyncio.run`` waits for the
+default executor's threads, and interpreter exit joins every executor's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import ctypes
 import logging
 import os
 import platform
-from collections.abc import Callable
-from typing import Any
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 from reloadd.watch.filters import PathFilter, display
 from reloadd.watch.inotify import Hub, Tree
@@ -64,6 +78,11 @@ log = logging.getLogger("reloadd.watch")
 
 BACKENDS = ("auto", "inotify", "poll")
 ENV = "RELOADD_BACKEND"  # forces a backend where the config says "auto" (tests, CI, debugging)
+
+# How long a statfs/stat of a watch path may take before its mount is taken for hung
+# (docs/backends.md). A healthy local or network file system answers in milliseconds; a
+# few seconds ride out a busy NFS server, and stay well inside systemd's start timeout.
+PROBE_TIMEOUT = 5.0
 
 # statfs f_type -> name, for file systems whose changes inotify does not (fully) see.
 REMOTE_FS: dict[int, str] = {
@@ -189,6 +208,154 @@ def nearest_existing(path: str) -> str:
     return path
 
 
+# -- looking at a path that may be on a hung mount --------------------------------------
+
+T = TypeVar("T")
+
+
+class Call(NamedTuple):
+    """A call running (or done) in its own daemon thread, and when it started."""
+
+    future: concurrent.futures.Future[Any]
+    started: float  # time.monotonic()
+
+    def deadline(self, timeout: float) -> float:
+        return self.started + timeout
+
+
+_calls: dict[tuple[str, str], Call] = {}  # the calls still running, by (what, path)
+_calls_lock = threading.Lock()
+
+
+def shared_call(key: tuple[str, str], fn: Callable[..., T], *args: Any) -> Call:
+    """``fn(*args)`` in a daemon thread of its own; while it runs, the same ``key`` gets
+    the same call (a path on a hung mount costs one stuck thread, not one per look).
+
+    A daemon thread, not an executor's: a call stuck in a hung mount must not hold up
+    exit. Waiters give up by their own deadline (``Call.deadline``, counted from when
+    the call started, so a call that has hung for long is not waited on again).
+    """
+    with _calls_lock:
+        call = _calls.get(key)
+        if call is not None:
+            return call
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()  # so no waiter can cancel it for the others
+        call = _calls[key] = Call(future, time.monotonic())
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the waiters
+            with _calls_lock:
+                _calls.pop(key, None)
+            future.set_exception(exc)
+        else:
+            with _calls_lock:
+                _calls.pop(key, None)
+            future.set_result(result)
+
+    threading.Thread(target=run, name=f"{key[0]} {key[1]}"[:60], daemon=True).start()
+    return call
+
+
+def _stuck(path: str) -> bool:
+    """Whether a call on ``path`` (a stat by config validation, a statfs) has been
+    running for longer than PROBE_TIMEOUT: then the path is taken for hung at once,
+    without waiting PROBE_TIMEOUT once more (reloadd's start-up validates, then arms)."""
+    now = time.monotonic()
+    with _calls_lock:
+        return any(k[1] == path and now - c.started > PROBE_TIMEOUT for k, c in _calls.items())
+
+
+class Look(NamedTuple):
+    """What a look at a watch path found: statfs's f_type where it is (or of its
+    nearest existing ancestor), and whether the path itself exists."""
+
+    magic: int | None
+    exists: bool
+
+
+def look(root: str) -> Look:
+    """statfs of ``root``'s nearest existing ancestor, and whether ``root`` exists:
+    blocking, and both can hang on a dead network mount (``look_now``/``look_all`` run
+    it in a thread)."""
+    root = _norm(root)
+    near = nearest_existing(root)  # ``root`` itself when it exists
+    return Look(fs_type(near), near == root)
+
+
+def _norm(path: str) -> str:
+    return os.path.normpath(os.path.abspath(path))  # (no file-system access)
+
+
+def _look_key(root: str) -> tuple[str, str]:
+    return ("statfs", _norm(root))
+
+
+def look_now(root: str, timeout: float | None = None) -> Look | None:
+    """``look(root)`` in a thread, waited for here (blocking) up to ``timeout``
+    (``PROBE_TIMEOUT``); None when it did not answer in time."""
+    if _stuck(_norm(root)):
+        return None
+    call = shared_call(_look_key(root), look, root)
+    wait = call.deadline(PROBE_TIMEOUT if timeout is None else timeout) - time.monotonic()
+    try:
+        result: Look = call.future.result(max(wait, 0.0))
+    except concurrent.futures.TimeoutError:
+        return None
+    return result
+
+
+async def look_async(root: str, timeout: float | None = None) -> Look | None:
+    """``look_now`` without blocking the loop."""
+    if _stuck(_norm(root)):
+        return None
+    call = shared_call(_look_key(root), look, root)
+    wait = call.deadline(PROBE_TIMEOUT if timeout is None else timeout) - time.monotonic()
+    if call.future.done():
+        return call.future.result()  # type: ignore[no-any-return]
+    waiter = asyncio.wrap_future(call.future)
+    try:
+        await asyncio.wait([waiter], timeout=max(wait, 0.0))
+        return waiter.result() if waiter.done() else None
+    finally:
+        waiter.cancel()  # (the shared call itself cannot be cancelled: it is running)
+
+
+def needs_look(configured: str) -> bool:
+    """Whether a watch path with this configured backend is looked at before it is
+    armed: for ``auto`` to choose, and for ``inotify`` because its walk runs on the loop
+    and must not meet a hung mount. ``poll`` (or ``auto`` forced to poll by
+    RELOADD_BACKEND) scans in threads anyway."""
+    if configured == "poll":
+        return False
+    return not (configured == "auto" and os.environ.get(ENV) == "poll")
+
+
+async def look_all(paths: Iterable[tuple[str, str]]) -> dict[str, Look | None]:
+    """Look at every ``(path, configured backend)`` that needs it, all at once, each up
+    to PROBE_TIMEOUT: the answers (None: no answer in time) for ``looked``."""
+    roots = sorted({_norm(p) for p, b in paths if needs_look(b)})
+    answers = await asyncio.gather(*(look_async(root) for root in roots))
+    return dict(zip(roots, answers, strict=True))
+
+
+_looked: Mapping[str, Look | None] = {}  # set by ``looked``: answers for WatchPath()
+
+
+@contextlib.contextmanager
+def looked(answers: Mapping[str, Look | None]) -> Iterator[None]:
+    """``WatchPath``s built inside the block (synchronously: never across an ``await``)
+    take their look from ``answers`` (``look_all``) instead of looking themselves."""
+    global _looked
+    before, _looked = _looked, answers
+    try:
+        yield
+    finally:
+        _looked = before
+
+
 # -- one watch path ---------------------------------------------------------------------
 
 Sink = Callable[["WatchPath", list[str]], None]
@@ -231,6 +398,7 @@ class WatchPath:
         self.retract = retract
         self.label = label or display(self.root)
         self.polled: dict[str, PollTree] = {}
+        self.unanswered = False  # the last look at its file system did not answer in time
         self.backend, self.reason = self._choose()
         self._chosen = self.reason  # why this backend, before any fallback
         self.primary: Tree | PollTree = self._make(self.backend)
@@ -319,8 +487,9 @@ class WatchPath:
 
     async def baseline(self) -> None:
         """Return once every polled tree of this path has its first scan (``start()``
-        never waits for one: a large tree must not stall the loop)."""
-        while True:
+        never waits for one: a large tree must not stall the loop). At once for a path
+        whose file system did not answer: its first scan is stuck too."""
+        while not self.unanswered:
             trees = [self.primary, *self.polled.values()]
             for tree in trees:
                 if isinstance(tree, PollTree):
@@ -349,8 +518,27 @@ class WatchPath:
     # -- building ---------------------------------------------------------------------
 
     def _choose(self) -> tuple[str, str]:
-        magic = fs_type(nearest_existing(self.root)) if self.configured == "auto" else None
-        return self._decide(magic)
+        if not needs_look(self.configured):
+            return self._decide(None)
+        # not looked at by the caller (tests, or built without a loop): look, waiting here
+        found = _looked[self.root] if self.root in _looked else look_now(self.root)
+        if found is None:
+            return self._no_answer()
+        return self._decide(found.magic)
+
+    def _no_answer(self) -> tuple[str, str]:
+        """Its file system did not answer in time (a hung mount): poll, which scans in
+        threads, and say so; it is looked at again every ``poll_interval``."""
+        self.unanswered = True
+        reason = f"statfs did not answer in {PROBE_TIMEOUT:g}s"
+        log.warning(
+            "%s: statfs did not answer in %gs (a hung network or FUSE mount?); polling it, "
+            "off the event loop, and looking again every %gs",
+            self.label,
+            PROBE_TIMEOUT,
+            self.poll_interval,
+        )
+        return "poll", reason
 
     def _decide(self, magic: int | None) -> tuple[str, str]:
         env = os.environ.get(ENV) or None
@@ -515,14 +703,17 @@ class WatchPath:
             limit + need if limit is not None else "<higher>",
         )
 
-    # -- a waiting auto path: look at its file system again ----------------------------
+    # -- a waiting auto path, or one that did not answer: look at its file system again
+
+    def _wants_look(self) -> bool:
+        if self.unanswered:
+            return True  # until it answers
+        return self.configured == "auto" and self.primary.state == "waiting"
 
     def _arm_recheck(self) -> None:
-        if self._closed or self.configured != "auto" or self._recheck is not None:
-            return
-        if self._rechecking is not None:
-            return  # one is running; it re-arms when done
-        if self.primary.state != "waiting":
+        if self._closed or self._recheck is not None or self._rechecking is not None:
+            return  # (a look that is running re-arms when done)
+        if not self._wants_look():
             return
         try:
             loop = asyncio.get_running_loop()
@@ -532,33 +723,39 @@ class WatchPath:
 
     def _on_recheck(self) -> None:
         self._recheck = None
-        if self._closed or self.primary.state != "waiting" or self._rechecking is not None:
+        if self._closed or not self._wants_look() or self._rechecking is not None:
             return
         self._rechecking = asyncio.get_running_loop().create_task(self._recheck_off_loop())
 
-    @staticmethod
-    def _look(root: str) -> tuple[int | None, bool]:
-        """statfs of the nearest existing ancestor, and whether ``root`` exists: both
-        can hang on a dead network mount, so they run in a worker thread."""
-        near = nearest_existing(root)  # ``root`` itself when it exists (both normalised)
-        return fs_type(near), near == root
-
     async def _recheck_off_loop(self) -> None:
+        """statfs (and a stat) in a thread, up to PROBE_TIMEOUT: a dead network mount
+        can hang both. While one hangs, the next look waits for the same thread."""
         try:
-            magic, exists = await asyncio.to_thread(self._look, self.root)
+            found = await look_async(self.root)
         except asyncio.CancelledError:
             return  # closed meanwhile
         finally:
             self._rechecking = None
-        if self._closed or self.primary.state != "waiting":
+        if self._closed or not self._wants_look():
             return
         try:
-            self._apply_recheck(magic, exists)
+            if found is None:
+                if not self.unanswered:
+                    backend, reason = self._no_answer()
+                    if backend != self.backend:
+                        self._switch(backend, reason, exists=False)
+                    else:
+                        self._chosen = self.reason = reason
+            else:
+                self._apply_recheck(found.magic, found.exists)
         finally:
             self._arm_recheck()
 
     def _apply_recheck(self, magic: int | None, exists: bool) -> None:
+        was_unanswered, self.unanswered = self.unanswered, False
         backend, reason = self._decide(magic)
+        if was_unanswered:
+            log.info("%s: statfs answers again (%s)", self.label, reason)
         if backend != self.backend:
             log.info(
                 "%s: the file system under it changed (%s); switching to %s",
@@ -566,26 +763,32 @@ class WatchPath:
                 reason,
                 backend,
             )
-            for sub in self.polled.values():
-                sub.close()
-            self.polled.clear()
-            self.primary.close()
-            self.backend, self.reason = backend, reason
-            self._chosen = reason
-            self.primary = self._make(backend)
-            if isinstance(self.primary, PollTree):
-                self.primary.start(report=True)  # content found now is a change
-            else:
-                self.primary.start()
-                if exists:
-                    self.sink(self, [self.root])  # the root appeared: its content is new
-                self._sync()
+            self._switch(backend, reason, exists)
         elif exists and isinstance(self.primary, Tree):
             self._chosen = reason
             if not self.polled:
                 self.reason = reason
             self.primary.rescan()  # it appeared without an event (a mount): look now
             self.primary.flush()
+        elif was_unanswered:
+            self._chosen = self.reason = reason  # polled as before, now for this reason
+
+    def _switch(self, backend: str, reason: str, exists: bool) -> None:
+        """Replace the primary tree by one on ``backend``."""
+        for sub in self.polled.values():
+            sub.close()
+        self.polled.clear()
+        self.primary.close()
+        self.backend, self.reason = backend, reason
+        self._chosen = reason
+        self.primary = self._make(backend)
+        if isinstance(self.primary, PollTree):
+            self.primary.start(report=True)  # content found now is a change
+        else:
+            self.primary.start()
+            if exists:
+                self.sink(self, [self.root])  # the root appeared: its content is new
+            self._sync()
 
 
 def _read_int(path: str) -> int | None:
@@ -599,11 +802,21 @@ def _read_int(path: str) -> int | None:
 __all__ = [
     "BACKENDS",
     "LOCAL_FS",
+    "PROBE_TIMEOUT",
     "REMOTE_FS",
+    "Call",
+    "Look",
     "PollTree",
     "Tree",
     "WatchPath",
     "choose_backend",
     "fs_type",
+    "look",
+    "look_all",
+    "look_async",
+    "look_now",
+    "looked",
     "nearest_existing",
+    "needs_look",
+    "shared_call",
 ]
