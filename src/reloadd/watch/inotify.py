@@ -703,7 +703,7 @@ def _resolve(path: str) -> tuple[str, list[str]]:
     """
     links: list[str] = []
     todo = path.split("/")[::-1]
-    done = ""
+    done, hops = "", 0
     while todo:
         part = todo.pop()
         if part in ("", "."):
@@ -714,7 +714,7 @@ def _resolve(path: str) -> tuple[str, list[str]]:
         here = f"{done}/{part}"
         try:
             is_link = stat.S_ISLNK(os.lstat(here).st_mode)
-            target = os.readlink(here) if is_link and len(links) < _MAX_HOPS else None
+            target = os.readlink(here) if is_link and hops < _MAX_HOPS else None
         except OSError:  # missing, or replaced meanwhile: the anchors see what comes next
             target, is_link = None, True
         if not is_link:
@@ -722,6 +722,7 @@ def _resolve(path: str) -> tuple[str, list[str]]:
             continue
         if target is None:  # not there, or a loop: the rest stays as it is
             return os.path.normpath("/".join([here, *todo[::-1]])), links
+        hops += 1
         if here not in links:
             links.append(here)
         if target.startswith("/"):
