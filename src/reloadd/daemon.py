@@ -44,7 +44,7 @@ from reloadd.notify import Notifier
 from reloadd.protocol import FAILED, REFUSED, CommandError
 from reloadd.service import Refused, Reload, Service
 from reloadd.target import DeliveryError
-from reloadd.watch import Look, WatchPath, look_all, looked
+from reloadd.watch import Look, WatchPath, look_all
 from reloadd.watch.filters import PathFilter, display
 from reloadd.watch.inotify import Hub
 
@@ -241,8 +241,7 @@ class Daemon:
         """A new service with its watches armed (a baseline), not yet running; its watch
         paths' file systems come from ``looks`` (``_look``), not from statfs on the loop."""
         assert self.hub is not None
-        with looked(looks):
-            svc = Service(spec, self.hub, on_reload=self._on_reload)
+        svc = Service(spec, self.hub, on_reload=self._on_reload, looks=looks)
         svc.arm()
         return svc
 
@@ -303,6 +302,13 @@ class Daemon:
 
     async def _reload_once(self) -> tuple[bool, str]:
         self.notifier.reloading()
+        # This read covers every edit seen so far: a re-read the config watch still has
+        # pending for them (a SIGHUP or `systemctl reload` right after an edit) would only
+        # repeat it, and show the unit "reloading" once more. Later edits start anew.
+        self._config_changes.take(asyncio.get_running_loop().time())
+        if self._config_timer is not None:
+            self._config_timer.cancel()
+            self._config_timer = None
         try:
             # Reading the files and checking their owners are blocking file-system calls
             # (a large drop-in dir, a slow mount): they run off the loop.
@@ -379,8 +385,7 @@ class Daemon:
         rewatch = set(keys) & set(WATCH_KEYS)
         if not rewatch:  # its new trees are closed unused below: nothing to look at
             looks = dict.fromkeys(spec.watch, Look(None, exists=False))
-        with looked(looks):
-            new = Service(spec, self.hub, on_reload=self._on_reload)
+        new = Service(spec, self.hub, on_reload=self._on_reload, looks=looks)
         if rewatch:
             # Armed before the old ones close: on inotify the kernel hands the new trees
             # the same watch descriptors, so events already queued reach them too.
@@ -449,10 +454,15 @@ class Daemon:
         old, self._config_trees = self._config_trees, []
         for root, filt in roots:
             label = f"config: {display(root)}"
-            with looked(looks):
-                tree = WatchPath(
-                    self.hub, root, filt, self._on_config_change, backend=backend, label=label
-                )
+            tree = WatchPath(
+                self.hub,
+                root,
+                filt,
+                self._on_config_change,
+                backend=backend,
+                label=label,
+                looks=looks,
+            )
             tree.start()
             self._config_trees.append(tree)
         for tree in old:

@@ -17,14 +17,14 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import InitVar, asdict, dataclass, field
 from typing import Any
 
 from reloadd.coalesce import PATH_COUNT_CAP, Batch, Coalescer
 from reloadd.config import ServiceSpec
 from reloadd.target import DeliveryError, Pidfile, RunResult, Supervised, Unit, make_target, run
-from reloadd.watch import WatchPath
+from reloadd.watch import Look, WatchPath
 from reloadd.watch.filters import PathFilter, display
 from reloadd.watch.inotify import Hub
 
@@ -144,8 +144,10 @@ class Service:
     last_error: str = ""
     history: deque[Reload] = field(default_factory=lambda: deque(maxlen=HISTORY))
     on_reload: Callable[[Service, Reload], None] | None = None
+    # what the daemon found at the watch paths, looked at off the loop (watch.look_all)
+    looks: InitVar[Mapping[str, Look | None] | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, looks: Mapping[str, Look | None] | None) -> None:
         spec = self.spec
         self.name = spec.name
         self.target: Supervised | Pidfile | Unit = make_target(spec)
@@ -162,6 +164,7 @@ class Service:
                 max_delay=spec.max_delay,
                 retract=self._on_retract,
                 label=f"{spec.name}: {display(path)}",
+                looks=looks,
             )
             for path in spec.watch
         ]

@@ -45,7 +45,7 @@ from reloadd_testing import (
 )
 
 from reloadd import watch
-from reloadd.watch import PROBE_TIMEOUT, WatchPath, fs_type, look_all, looked
+from reloadd.watch import PROBE_TIMEOUT, WatchPath, fs_type, look_all
 from reloadd.watch.filters import PathFilter
 from reloadd.watch.inotify import Hub
 
@@ -156,10 +156,9 @@ def test_watch_path_on_a_hung_mount_polls_and_recovers(hung: HungMount) -> None:
         looks = await look_all([(str(hung.app), "auto")])
         waited = loop.time() - started
         assert looks == {str(hung.app): None}
-        with looked(looks):
-            path = WatchPath(
-                hub, str(hung.app), PathFilter(), lambda t, p: None, poll_interval=0.05
-            )
+        path = WatchPath(
+            hub, str(hung.app), PathFilter(), lambda t, p: None, poll_interval=0.05, looks=looks
+        )
         try:
             assert (path.backend, path.reason) == ("poll", REASON)
             path.start()

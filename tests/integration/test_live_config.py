@@ -415,6 +415,32 @@ def test_sighup_rereads(head: str, start_reloadd: Start, make_app) -> None:
     assert "re-reading it" not in r.log()  # the file watch was off
 
 
+def test_sighup_right_after_an_edit_is_its_only_reread(
+    head: str, start_reloadd: Start, make_app
+) -> None:
+    """An edit, then SIGHUP (`systemctl reload` after editing): one re-read covers the
+    edit; the config watch does not re-read it once more (another RELOADING=1 would show
+    the unit "reloading" again)."""
+    a, b = make_app("a"), make_app("b")
+    slow = a.toml(debounce="500ms")  # its reload is the later fact (see below)
+    r = start_reloadd(head + slow)
+    pid = a.pid()
+    save(r.config, head + slow + b.toml())
+    # The edit's inotify event is queued before the signal is sent: the loop takes it in
+    # first, so the watch's re-read (due CONFIG_DEBOUNCE after the edit) is pending when
+    # the SIGHUP's begins.
+    r.proc.send_signal(signal.SIGHUP)
+    b.pid()
+    wait_config_reloads(r, 1, "1 added, 0 changed, 0 removed")
+    # A later fact: a's reload fires 500 ms after this write, on the same loop's clock,
+    # so after the watch's re-read of the edit would have started (and logged).
+    a.write()
+    a.rec.wait_count(1)
+    assert a.rec.lines() == [("READY", pid), ("SIGHUP", pid)]
+    assert "re-reading it" not in r.log(), r.log()
+    assert len(config_reloads(r)) == 1, r.log()
+
+
 def test_fifo_dropin_is_skipped(head: str, start_reloadd: Start, make_app, tmp_path: Path) -> None:
     """A FIFO named *.toml in the drop-in dir (nobody ever writes to it) neither blocks
     the re-read nor fails it: it is skipped with a warning, and a drop-in saved beside it

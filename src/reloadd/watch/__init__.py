@@ -49,7 +49,7 @@ A hung mount (a dead NFS server, a stopped FUSE daemon) makes ``statfs`` and ``s
 block for ever. Every look at a watch path's file system therefore runs in a daemon
 thread and is given up after ``PROBE_TIMEOUT``: ``look_all`` looks at many paths at once
 from the loop, and the daemon hands the answers to the ``WatchPath``s it builds
-(``looked``). A path that does not answer is polled (the scans run in threads too) with
+(``looks=``). A path that does not answer is polled (the scans run in threads too) with
 the reason "statfs did not answer in 5s", and looked at again every ``poll_interval``
 until it answers. The threads are daemon threads of their own, not an executor's: one
 stuck in a hung mount must not keep reloadd from exiting (``asyncio.run`` waits for the
@@ -60,14 +60,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import ctypes
 import logging
 import os
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 from reloadd.watch.filters import PathFilter, display
@@ -335,25 +334,10 @@ def needs_look(configured: str) -> bool:
 
 async def look_all(paths: Iterable[tuple[str, str]]) -> dict[str, Look | None]:
     """Look at every ``(path, configured backend)`` that needs it, all at once, each up
-    to PROBE_TIMEOUT: the answers (None: no answer in time) for ``looked``."""
+    to PROBE_TIMEOUT: the answers (None: no answer in time) for ``WatchPath(looks=)``."""
     roots = sorted({_norm(p) for p, b in paths if needs_look(b)})
     answers = await asyncio.gather(*(look_async(root) for root in roots))
     return dict(zip(roots, answers, strict=True))
-
-
-_looked: Mapping[str, Look | None] = {}  # set by ``looked``: answers for WatchPath()
-
-
-@contextlib.contextmanager
-def looked(answers: Mapping[str, Look | None]) -> Iterator[None]:
-    """``WatchPath``s built inside the block (synchronously: never across an ``await``)
-    take their look from ``answers`` (``look_all``) instead of looking themselves."""
-    global _looked
-    before, _looked = _looked, answers
-    try:
-        yield
-    finally:
-        _looked = before
 
 
 # -- one watch path ---------------------------------------------------------------------
@@ -387,6 +371,7 @@ class WatchPath:
         max_delay: float = 2.0,
         retract: Sink | None = None,
         label: str = "",
+        looks: Mapping[str, Look | None] | None = None,
     ) -> None:
         self.hub = hub
         self.root = os.path.normpath(os.path.abspath(root))
@@ -399,7 +384,7 @@ class WatchPath:
         self.label = label or display(self.root)
         self.polled: dict[str, PollTree] = {}
         self.unanswered = False  # the last look at its file system did not answer in time
-        self.backend, self.reason = self._choose()
+        self.backend, self.reason = self._choose(looks or {})
         self._chosen = self.reason  # why this backend, before any fallback
         self.primary: Tree | PollTree = self._make(self.backend)
         self._starting = False
@@ -517,11 +502,11 @@ class WatchPath:
 
     # -- building ---------------------------------------------------------------------
 
-    def _choose(self) -> tuple[str, str]:
+    def _choose(self, looks: Mapping[str, Look | None]) -> tuple[str, str]:
         if not needs_look(self.configured):
             return self._decide(None)
         # not looked at by the caller (tests, or built without a loop): look, waiting here
-        found = _looked[self.root] if self.root in _looked else look_now(self.root)
+        found = looks[self.root] if self.root in looks else look_now(self.root)
         if found is None:
             return self._no_answer()
         return self._decide(found.magic)
@@ -815,7 +800,6 @@ __all__ = [
     "look_all",
     "look_async",
     "look_now",
-    "looked",
     "nearest_existing",
     "needs_look",
     "shared_call",
