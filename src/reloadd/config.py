@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import difflib
 import grp
 import math
 import os
@@ -308,9 +307,16 @@ class _Invalid(Exception):
     """A value failed a check; the message says what was expected."""
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+def _close_match(word: str, choices: Iterable[str]) -> str | None:
+    import difflib  # only a typo needs it: kept out of the daemon's start-up
+
     matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {matches[0]}?)" if matches else ""
+    return matches[0] if matches else None
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    match = _close_match(word, choices)
+    return f" (did you mean {match}?)" if match else ""
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -483,8 +489,8 @@ def _signal(value: object, base: str) -> Signals:
         return Signals["SIG" + bare]
     if bare.isdigit():
         raise _Invalid("write a signal number without quotes, or better, its name")
-    guess = difflib.get_close_matches(bare, _SIGNAL_NAMES, n=1, cutoff=0.6)
-    hint = f" (did you mean SIG{guess[0]}?)" if guess else ' (e.g. "HUP", "USR1", "USR2")'
+    guess = _close_match(bare, _SIGNAL_NAMES)
+    hint = f" (did you mean SIG{guess}?)" if guess else ' (e.g. "HUP", "USR1", "USR2")'
     raise _Invalid(f"unknown signal{hint}")
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import errno
 import grp
 import logging
@@ -655,6 +654,8 @@ def recent_events(status: Mapping[str, Any], limit: int) -> list[dict[str, Any]]
 
 def no_such_service(name: str, known: list[str]) -> str:
     """``no such service 'apii' (did you mean 'api'?)``."""
+    import difflib  # only a typo needs it: kept out of the daemon's start-up
+
     close = difflib.get_close_matches(name, known, n=1)
     if close:
         hint = f" (did you mean {close[0]!r}?)"

@@ -63,7 +63,6 @@ import concurrent.futures
 import ctypes
 import logging
 import os
-import platform
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -195,7 +194,7 @@ def fs_type(path: str) -> int | None:
     buf = ctypes.create_string_buffer(256)
     if fn(os.fsencode(path), buf) != 0:
         return None
-    field = ctypes.c_uint if platform.machine() == "s390x" else ctypes.c_long
+    field = ctypes.c_uint if os.uname().machine == "s390x" else ctypes.c_long
     return int(field.from_buffer(buf).value) & 0xFFFFFFFF
 
 
