@@ -53,7 +53,6 @@ class Coalescer:
     _seen: set[str] = field(default_factory=set)
     _sample: list[str] = field(default_factory=list)
     _overflowed: int = 0
-    _fresh: set[str] = field(default_factory=set)  # paths that entered with the last add
 
     @property
     def pending(self) -> bool:
@@ -64,7 +63,6 @@ class Coalescer:
         if self._first is None:
             self._first = now
         self._last = max(self._last, now)
-        self._fresh = set()
         for path in paths:
             if path in self._seen:
                 continue
@@ -72,28 +70,8 @@ class Coalescer:
                 self._overflowed += 1
                 continue
             self._seen.add(path)
-            self._fresh.add(path)
             if len(self._sample) < PATH_SAMPLE_CAP:
                 self._sample.append(path)
-
-    def retract(self, paths: Iterable[str]) -> None:
-        """Forget paths that were created and removed again since the last ``add``.
-
-        Only a path that entered the batch with the last ``add`` is forgotten: one that
-        was in it before (a file that existed and was deleted earlier in the batch, then
-        created and removed again) is still a change. A batch left with no path at all is
-        no change: nothing fires for it.
-        """
-        if self._first is None:
-            return
-        for path in paths:
-            if path in self._fresh:
-                self._fresh.discard(path)
-                self._seen.discard(path)
-                if path in self._sample:
-                    self._sample.remove(path)
-        if not self._seen and not self._overflowed:
-            self._first, self._last = None, 0.0
 
     def due_at(self) -> float | None:
         """When the pending batch should fire, or None (nothing pending)."""
@@ -115,6 +93,6 @@ class Coalescer:
             last=self._last if self._first is not None else now,
         )
         self._first, self._last = None, 0.0
-        self._seen, self._sample, self._overflowed, self._fresh = set(), [], 0, set()
+        self._seen, self._sample, self._overflowed = set(), [], 0
         self.last_start = now
         return batch

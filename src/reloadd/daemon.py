@@ -399,7 +399,6 @@ class Daemon:
             new.trees, old.trees = old.trees, []
             for tree in new.trees:
                 tree.sink = new._on_watch
-                tree.retract = new._on_retract
         what = ", ".join(keys)
         if keep_process:
             log.info("%s: changed (%s); its process keeps running", spec.name, what)

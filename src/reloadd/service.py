@@ -110,7 +110,6 @@ class _Command:
 class _Change:
     at: float
     paths: list[str]
-    gone: list[str] = field(default_factory=list)  # created-and-removed: no net change
     first: float | None = None  # the earliest change merged into this one (see _merge)
     seen: set[str] | None = None
 
@@ -120,9 +119,9 @@ class _Change:
         While a reload runs (a check may take up to its timeout) nothing drains the inbox:
         merging keeps it to one item per run of changes, holding each distinct path once
         and at most INBOX_PATHS of them (past PATH_COUNT_CAP the coalescer's count is a
-        lower bound anyway). Retractions keep their own items: their order matters.
+        lower bound anyway).
         """
-        if self.gone or later.gone or not self.paths or not later.paths:
+        if not self.paths or not later.paths:
             return False
         if self.seen is None:  # first merge: own the list (it came from the watcher)
             self.paths, self.seen, self.first = list(self.paths), set(self.paths), self.at
@@ -162,7 +161,6 @@ class Service:
                 backend=spec.backend,
                 poll_interval=spec.poll_interval,
                 max_delay=spec.max_delay,
-                retract=self._on_retract,
                 label=f"{spec.name}: {display(path)}",
                 looks=looks,
             )
@@ -202,16 +200,6 @@ class Service:
 
     def _on_watch(self, tree: WatchPath, paths: list[str]) -> None:
         self._post(_Change(self.hub.now(), paths))
-
-    def _on_retract(self, tree: WatchPath, paths: list[str]) -> None:
-        tail = self._inbox[-1] if self._inbox else None
-        if isinstance(tail, _Change) and tail.seen is not None:
-            # This read's paths were merged into changes of earlier reads (a reload is
-            # running): the coalescer could no longer tell them apart, and retracting a
-            # path could drop an earlier, real change of it (a file deleted, then created
-            # and removed again). Keep it: at worst a temp file is named in the next batch.
-            return
-        self._post(_Change(time.monotonic(), [], gone=paths))
 
     def _post(self, item: _Change | _Command) -> None:
         tail = self._inbox[-1] if self._inbox else None
@@ -273,8 +261,6 @@ class Service:
                     self.coalescer.add(item.first, [])
                 if item.paths:
                     self.coalescer.add(item.at, item.paths)
-                if item.gone:
-                    self.coalescer.retract(item.gone)
             elif await self._do(item):
                 return True
         return False

@@ -228,49 +228,6 @@ def test_sample_and_count_caps() -> None:
     assert batch.count_exact is False
 
 
-# --------------------------------------------------------------------------- retract
-
-
-def test_retract_of_every_path_leaves_nothing_pending() -> None:
-    """A temp file created and removed within the batch (sed, editors): no reload."""
-    c = make()
-    c.add(0.0, ["sedAbc123"])
-    c.retract(["sedAbc123"])
-    assert not c.pending
-    assert c.due_at() is None
-
-
-def test_retract_keeps_the_rest() -> None:
-    c = make()
-    c.add(0.0, ["tmp", "config.yaml"])
-    c.retract(["tmp", "never-seen"])
-    batch = c.take(1.0)
-    assert batch.paths == ("config.yaml",)
-    assert batch.count == 1
-
-
-def test_retract_spares_a_path_that_was_in_the_batch_before() -> None:
-    """A file deleted (a real change), then created and removed again: still a change."""
-    c = make()
-    c.add(0.0, ["config.yaml"])  # the original is deleted
-    c.add(0.1, ["config.yaml"])  # a new one created and removed within one read
-    c.retract(["config.yaml"])
-    assert c.take(1.0).paths == ("config.yaml",)
-
-
-def test_retract_spares_a_path_from_an_earlier_batch() -> None:
-    """A file created in one batch (reloaded) and deleted in the next: the deletion is a
-    change, whatever the watcher remembered of its birth."""
-    c = make()
-    c.add(0.0, ["plugin.py"])
-    c.take(0.3)
-    c.add(5.0, ["other.py"])
-    c.add(5.1, ["plugin.py"])
-    c.add(5.2, [])  # an empty add in between: nothing entered with it
-    c.retract(["plugin.py"])
-    assert set(c.take(6.0).paths) == {"other.py", "plugin.py"}
-
-
 # --------------------------------------------------------------------------- properties
 
 

@@ -14,7 +14,6 @@ import dataclasses
 import itertools
 import os
 import signal
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -237,27 +236,3 @@ def test_restart_while_paused_restarts_and_stays_paused(tmp_path: Path) -> None:
             hub.close()
 
     asyncio.run(run())
-
-
-def test_a_retraction_never_drops_a_change_merged_from_an_earlier_read(
-    idle_service: Service,
-) -> None:
-    """While a reload runs, the inbox merges reads: read 1 deletes x (a change), read 2
-    creates x and removes it again (a retraction of x). x must stay a change."""
-    svc = idle_service
-    tree = svc.trees[0]
-    svc._on_watch(tree, ["/w/x"])  # read 1: x deleted
-    svc._on_watch(tree, ["/w/x"])  # read 2: x created and deleted again (merged) ...
-    svc._on_retract(tree, ["/w/x"])  # ... and retracted by that read
-    asyncio.run(svc._drain())
-    assert svc.coalescer.pending
-    assert svc.coalescer.take(time.monotonic()).paths == ("/w/x",)
-
-
-def test_a_retraction_of_an_unmerged_read_still_applies(idle_service: Service) -> None:
-    svc = idle_service
-    tree = svc.trees[0]
-    svc._on_watch(tree, ["/w/tmp"])  # one read: tmp created and removed
-    svc._on_retract(tree, ["/w/tmp"])
-    asyncio.run(svc._drain())
-    assert not svc.coalescer.pending

@@ -256,5 +256,3 @@ def test_inbox_changes_merge_to_distinct_paths_with_a_cap(monkeypatch: pytest.Mo
     assert head.at == pytest.approx(1.0 + 9_999 / 1000)
     assert len(head.paths) == 100
     assert len(set(head.paths)) == 100
-    # a retraction keeps its own place in the inbox
-    assert not head.merge(service._Change(20.0, [], gone=["/a/1"]))

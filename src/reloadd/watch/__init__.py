@@ -368,7 +368,6 @@ class WatchPath:
         backend: str = "auto",
         poll_interval: float = 1.0,
         max_delay: float = 2.0,
-        retract: Sink | None = None,
         label: str = "",
         looks: Mapping[str, Look | None] | None = None,
     ) -> None:
@@ -379,7 +378,6 @@ class WatchPath:
         self.configured = backend
         self.poll_interval = poll_interval
         self.max_delay = max_delay
-        self.retract = retract
         self.label = label or display(self.root)
         self.polled: dict[str, PollTree] = {}
         self.unanswered = False  # the last look at its file system did not answer in time
@@ -550,7 +548,6 @@ class WatchPath:
             self.filter,
             self._on_inotify,
             hold_lost_for=self.max_delay,
-            retract=self._on_retract if self.retract is not None else None,
         )
         tree.on_limit = self._on_limit
         return tree
@@ -561,10 +558,6 @@ class WatchPath:
         self._sync()
         self._arm_recheck()
         self.sink(self, paths)
-
-    def _on_retract(self, tree: Tree, paths: list[str]) -> None:
-        if self.retract is not None:
-            self.retract(self, paths)
 
     def _on_poll(self, tree: PollTree, paths: list[str]) -> None:
         if tree is self.primary:

@@ -101,7 +101,7 @@ Event = tuple[int, int, str]  # wd, mask, name (str as os.fsdecode gives it)
 
 Sink = Callable[["Tree", list[str]], None]
 Listing = tuple[list[str], list[str]]  # a directory's real subdirectories, its other entries
-_BORN_CAP = 10_000  # files remembered per read for retraction; past it, only the nicety is lost
+_BORN_CAP = 10_000  # temp-file candidates remembered per read; past it, only the nicety is lost
 
 
 class WatchLimitError(OSError):
@@ -352,7 +352,6 @@ class Tree:
     filter: PathFilter
     sink: Sink
     hold_lost_for: float = 2.0
-    retract: Sink | None = None  # told of files that were created and are gone again
     # told of each subtree (rel) that hit the watch limit; its owner polls it instead
     on_limit: Callable[[Tree, str], None] | None = None
     state: str = "waiting"  # waiting | watching
@@ -422,18 +421,19 @@ class Tree:
         self._dirty = True
 
     def flush(self) -> None:
+        """Report what this read changed (once per read, for every tree it touched)."""
+        # Only a file created *and* removed within this one read is no net change (an
+        # editor's or sed's temp file): it is not reported. One created in an earlier
+        # read may have been part of a reload already (its removal is then a change), and
+        # one created again after its removal is there now.
+        if self._gone:
+            self._pending = [p for p in self._pending if p not in self._gone]
+            self._gone.clear()
         if self._dirty:
             paths, self._pending, self._dirty = self._pending, [], False
             self.sink(self, paths)
-        # Only a file created *and* removed within this one read is no net change: one
-        # created earlier may have been part of a reload already (its removal is then a
-        # change), and one created again after its removal is there now.
-        gone = sorted(self._gone)
-        self._gone.clear()
         self._born.clear()
         self._touched.clear()
-        if gone and self.retract is not None:
-            self.retract(self, gone)
 
     # -- events ---------------------------------------------------------------------
 
@@ -492,10 +492,9 @@ class Tree:
         full = self._full(path)
         self._track_write(full, mask)
         # A file that was not there before this read (its first event is its creation)
-        # and is not there after it (an editor's or sed's temp file) is no net change: the
-        # service drops it from the pending batch if it entered the batch with this read
-        # (see flush and Coalescer.retract). A file that was there before and is gone at
-        # the end has changed; so has one that is there at the end.
+        # and is not there after it (an editor's or sed's temp file) is no net change:
+        # flush leaves it out. A file that was there before and is gone at the end has
+        # changed; so has one that is there at the end.
         if mask & F.CREATE and full not in self._touched and len(self._touched) < _BORN_CAP:
             self._born.add(full)
         if mask & (F.DELETE | F.MOVED_FROM):
