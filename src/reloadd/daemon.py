@@ -382,40 +382,22 @@ class Daemon:
         ]
         supervised = spec.target_kind == before.target_kind == "command"
         keep_process = supervised and not set(keys) & set(PROCESS_KEYS)
-        rewatch = set(keys) & set(WATCH_KEYS)
-        if not rewatch:  # its new trees are closed unused below: nothing to look at
-            looks = dict.fromkeys(spec.watch, Look(None, exists=False))
-        new = Service(spec, self.hub, on_reload=self._on_reload, looks=looks)
-        if rewatch:
+        if _watch_changed(spec, before):
+            new = Service(spec, self.hub, on_reload=self._on_reload, looks=looks)
             # Armed before the old ones close: on inotify the kernel hands the new trees
             # the same watch descriptors, so events already queued reach them too.
             new.arm()
         else:
-            # The same paths, filter and backend: adopt the live watches as they are (no
-            # re-walk of a large tree, no new baseline that could swallow a change, the
-            # open-file and VCS holds kept). Reports go to the new service from now on.
-            for tree in new.trees:
-                tree.close()
-            new.trees, old.trees = old.trees, []
-            for tree in new.trees:
-                tree.sink = new._on_watch
+            new = Service(spec, self.hub, on_reload=self._on_reload, watches_of=old)
         what = ", ".join(keys)
         if keep_process:
             log.info("%s: changed (%s); its process keeps running", spec.name, what)
             await old.command("detach")
-            new.target = old.target
-            new.target.spec = spec
         else:
             restart = "restarting its command" if before.target_kind == "command" else "rebuilt"
             log.info("%s: changed (%s); %s", spec.name, what, restart)
             await old.stop()
-        # changes the old service saw and did not reload yet are the new one's to reload
-        coalescer = old.coalescer
-        coalescer.debounce, coalescer.max_delay = spec.debounce, spec.max_delay
-        coalescer.min_interval = spec.min_interval
-        new.coalescer = coalescer
-        new.paused = old.paused
-        new.reloads, new.history = old.reloads, old.history
+        new.take_over(old, keep_target=keep_process)
         self._launch(new)
 
     def _note_daemon_changes(self, before: DaemonConfig, after: DaemonConfig) -> None:

@@ -145,12 +145,26 @@ class Service:
     on_reload: Callable[[Service, Reload], None] | None = None
     # what the daemon found at the watch paths, looked at off the loop (watch.look_all)
     looks: InitVar[Mapping[str, Look | None] | None] = None
+    # a service being replaced whose live watches this one adopts as they are (the same
+    # paths, filter and backend): no re-walk, no new baseline, the holds kept
+    watches_of: InitVar[Service | None] = None
 
-    def __post_init__(self, looks: Mapping[str, Look | None] | None) -> None:
+    def __post_init__(
+        self, looks: Mapping[str, Look | None] | None, watches_of: Service | None
+    ) -> None:
         spec = self.spec
         self.name = spec.name
         self.target: Supervised | Pidfile | Unit = make_target(spec)
         self.coalescer = Coalescer(spec.debounce, spec.max_delay, spec.min_interval)
+        self._inbox: deque[_Change | _Command] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.trees: list[WatchPath]
+        if watches_of is not None:
+            self.trees, watches_of.trees = watches_of.trees, []
+            for tree in self.trees:
+                tree.sink = self._on_watch  # reports come here from now on
+            return
         filt = PathFilter(spec.include, spec.exclude)
         self.trees = [
             WatchPath(
@@ -166,9 +180,20 @@ class Service:
             )
             for path in spec.watch
         ]
-        self._inbox: deque[_Change | _Command] = deque()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+
+    def take_over(self, old: Service, *, keep_target: bool) -> None:
+        """Carry on where ``old`` (stopped, or detached from its target) left off: the
+        changes it saw and did not reload yet (its coalescer, with this spec's timings),
+        pause, history, reload count, and with ``keep_target`` its running process."""
+        spec = self.spec
+        self.coalescer = old.coalescer
+        self.coalescer.debounce, self.coalescer.max_delay = spec.debounce, spec.max_delay
+        self.coalescer.min_interval = spec.min_interval
+        self.paused = old.paused
+        self.reloads, self.history = old.reloads, old.history
+        if keep_target:
+            self.target = old.target
+            self.target.spec = spec
 
     # -- outside -> inside --------------------------------------------------------------
 
