@@ -1329,11 +1329,13 @@ def check_trusted(path: str | os.PathLike[str]) -> str | None:
             owner = trust.user_name(entry.user)
             why = f"is owned by {owner}, not root (fix: chown root {entry.path})"
         else:
-            who = {0o020: "its group", 0o002: "others", 0o022: "its group and others"}
-            why = (
-                f"has mode {entry.mode:04o}: {who[entry.mode & 0o022]} can write it "
-                f"(fix: chmod go-w {entry.path})"
-            )
+            # who the rule counts: group root's write bit is no one else's (trust.judge)
+            if entry.group is None:
+                who = "others"
+            else:
+                who = f"group {trust.group_name(entry.group)}"
+                who += " and others" if entry.anyone else ""
+            why = f"has mode {entry.mode:04o}: {who} can write it (fix: chmod go-w {entry.path})"
         if entry.path == named:
             return f"{named} {why}"
         return f"{named}: {entry.kind} {entry.path} {why}"
