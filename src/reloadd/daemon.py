@@ -90,7 +90,6 @@ class Daemon:
         self.control: ControlServer | None = None
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
-        self._force = False
         self._reloading: asyncio.Task[tuple[bool, str]] | None = None
         self._reload_again = False
         self._last_reload: tuple[str, float] | None = None
@@ -177,7 +176,6 @@ class Daemon:
     def _on_sigint(self) -> None:
         if self._stop.is_set():
             log.warning("second SIGINT: stopping supervised commands with SIGKILL")
-            self._force = True
             for svc in self.services.values():
                 svc.target.kill_now()
         self._stop.set()
@@ -219,9 +217,6 @@ class Daemon:
             )
 
     async def _stop_services(self, services: list[Service]) -> None:
-        if self._force:
-            for svc in services:
-                svc.target.spec = dataclasses.replace(svc.target.spec, stop_timeout=0.0)
         results = await asyncio.gather(*(svc.stop() for svc in services), return_exceptions=True)
         for svc, res in zip(services, results, strict=True):
             if isinstance(res, BaseException):

@@ -334,6 +334,7 @@ class Supervised:
         self.failed: str = ""  # why supervision gave up; empty while it is fine
         self.next_start: float | None = None  # monotonic time of a scheduled restart
         self._stopping = False
+        self._no_grace = False  # kill_now: every stop from now on is a SIGKILL
         self._reaper: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
         self._spawning = False
@@ -517,12 +518,13 @@ class Supervised:
         pgid = proc.pid
         name, sig = self.spec.name, self.spec.stop_signal
         log.info("%s: stopping pid %d with %s", name, pgid, sig.name)
+        grace = 0.0 if self._no_grace else self.spec.stop_timeout
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.spec.stop_timeout
+        deadline = loop.time() + grace
         with contextlib.suppress(DeliveryError):
             safe_killpg(pgid, sig)
         try:
-            await asyncio.wait_for(proc.wait(), self.spec.stop_timeout)
+            await asyncio.wait_for(proc.wait(), grace)
             # The rest of the group got the same signal: give it the rest of stop_timeout
             # too, instead of killing workers that are still finishing their requests.
             lingering = await _group_alive_until(pgid, deadline)
@@ -534,7 +536,7 @@ class Supervised:
                 "%s: %s %.1fs after %s; sending SIGKILL to the group",
                 name,
                 what,
-                self.spec.stop_timeout,
+                grace,
                 sig.name,
             )
             with contextlib.suppress(DeliveryError):
@@ -545,7 +547,9 @@ class Supervised:
         self.last_exit = _describe_exit(proc.returncode)
 
     def kill_now(self) -> None:
-        """SIGKILL the whole group at once (a second SIGINT while stopping)."""
+        """No more grace (a second SIGINT): a stop under way SIGKILLs the whole group at
+        once, and a stop still to come does so without waiting for ``stop_timeout``."""
+        self._no_grace = True
         proc = self.proc
         if self._stopping and proc is not None and proc.returncode is None:
             with contextlib.suppress(DeliveryError):
