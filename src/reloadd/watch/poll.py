@@ -10,12 +10,17 @@ A snapshot holds, per directory below the root (keyed by its path relative to th
 ``{name: signature}`` where a file's signature is ``(inode, mtime_ns, ctime_ns, size,
 mode)``. So created, deleted, modified (even with the mtime put back: the size or ctime
 moves), replaced (same size and mtime, new inode) and renamed (same inode, new name: the
-old name is gone, the new one is new) files all differ. Names the filters reject are kept
-with the signature ``None`` (never stat'ed, never reported, never matched again), and a
+old name is gone, the new one is new) files all differ. Files the filters reject are
+kept as ``None`` and directories they prune as ``PRUNED`` (never stat'ed, never
+reported, judged again only when the name turns into the other kind), and a
 subdirectory's signature omits its times so that a change inside it does not make its
 parent's entry differ. Unchanged directories are shared between consecutive snapshots,
 so the diff costs one dict comparison per directory plus one lookup per entry of a
 directory that did change: linear in the tree, never quadratic.
+
+A scan costs one lstat per file (and per directory): a directory whose names cannot
+have changed since it was last read is not read again, on the local file systems where
+its ctime proves that (``_Walker`` has the rule); elsewhere every directory is read.
 
 Rules (the same as the inotify backend's where they overlap):
 
@@ -60,9 +65,12 @@ from reloadd.watch.filters import VCS_DIRS, PathFilter, display
 log = logging.getLogger("reloadd.watch")
 
 Sig = tuple[int, int, int, int, int]  # (inode, mtime_ns, ctime_ns, size, mode)
-DirSnap = dict[str, "Sig | None"]  # name -> signature (None: present, filtered out)
+DirSnap = dict[str, "Sig | None"]  # name -> signature (None, PRUNED: filtered out)
 Snap = dict[str, DirSnap]  # directory relative to the root ("" = the root) -> its entries
 Ident = tuple[object, ...]  # what the root is: kind, real path, device, inode
+DirKey = tuple[int, int, int, int, int, int]  # a directory's dev, ino, mtime/ctime_ns, size, mode
+Listed = dict[str, DirKey]  # directory -> its lstat when its names were read (see _Walker)
+Walk = tuple[str, "DirKey | None"]  # a directory to walk, and its lstat when known
 
 PollSink = Callable[["PollTree", list[str]], None]
 
@@ -83,6 +91,23 @@ def ctime_now() -> int:
         return time.time_ns() - 20_000_000  # no coarse clock: a generous tick
 
 
+# A directory the filters prune (or a VCS directory): kept in its parent's entries so
+# that the decision is made once, never stat'ed, never walked. Its size -1 (like a walked
+# directory's) can never equal a file's signature.
+PRUNED: Sig = (0, 0, 0, -1, stat.S_IFDIR)
+_MISSING = object()  # not in the previous snapshot
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A directory's names are trusted without reading them (see _Walker) only when its ctime
+# is older than the scan by this much: the clock tick (1-10 ms) and, on file systems that
+# keep whole seconds (ext2/3, ext4 with 128-byte inodes), the second the stamp is cut to.
+_SETTLED = 2_000_000_000
+# The file systems (as /proc/self/mountinfo names them) whose kernel code moves a
+# directory's ctime whenever an entry is created, removed or renamed in it, and shows it
+# to stat at once. Network and FUSE file systems are left out (times cached for seconds,
+# kept by a server or made up by a daemon): every scan reads their directories.
+_LISTING_FS = frozenset(
+    {b"ext2", b"ext3", b"ext4", b"xfs", b"btrfs", b"tmpfs", b"f2fs", b"zfs", b"overlay"}
+)
 _VCS_LOCKS = (("index.lock", ".git"), ("wlock", ".hg"))
 _LONG = 4000  # bytes: paths this long are opened piecewise (PATH_MAX is 4096)
 
@@ -106,10 +131,11 @@ class ScanResult:
     problems: list[tuple[str, str]] = field(default_factory=list)  # (once-key, message)
     seconds: float = 0.0
     racy: list[str] = field(default_factory=list)  # files with a ctime >= ``since``
+    listed: Listed = field(default_factory=dict)  # for the next scan: see _Walker
 
 
-def _is_dir_sig(sig: Sig | None) -> bool:
-    return sig is not None and stat.S_ISDIR(sig[4])
+def _is_dir_sig(sig: object) -> bool:
+    return isinstance(sig, tuple) and stat.S_ISDIR(sig[4])
 
 
 def _join(rel: str, name: str) -> str:
@@ -196,16 +222,20 @@ def scan_tree(
     prefix: str = "",
     closed: Callable[[], bool] = lambda: False,
     since: int | None = None,
+    listed: Listed | None = None,
 ) -> ScanResult:
     """Read the tree at ``root`` (following ``root`` itself, nothing below it) and diff it.
 
     ``prefix`` is the root's path relative to the watch root, for the filters: a subtree
     polled as the watch-limit fallback is filtered like the rest of its watch path.
     With ``since`` (ns, wall clock), files whose ctime is not older are listed in
-    ``racy``: they may have changed while this scan ran.
+    ``racy``: they may have changed while this scan ran. ``listed`` is the ``listed`` of
+    the scan that made ``old``: the directories whose names need not be read again while
+    they look the same (see ``_Walker``).
     Blocking; meant for a worker thread. Never raises for file-system errors.
     """
     started = time.monotonic()
+    clock = ctime_now()  # before any directory is read: see _Walker
     try:
         st = os.stat(root)
     except OSError as exc:
@@ -220,7 +250,20 @@ def scan_tree(
         return ScanResult(("file", st.st_dev), "file", snap, diff(old, snap), files=1, racy=racy)
     real = os.path.realpath(root)
     walker = _Walker(real, filt, old, prefix, closed, {(st.st_dev, st.st_ino)}, since)
-    walker.walk()
+    walker.clock, walker.was_listed = clock, listed or {}
+    try:
+        rs = os.stat(real)  # what is read below: ``st`` may be another directory by now
+        key: DirKey | None = (
+            rs.st_dev,
+            rs.st_ino,
+            rs.st_mtime_ns,
+            rs.st_ctime_ns,
+            rs.st_size,
+            rs.st_mode,
+        )
+    except OSError:
+        key = None  # (the walk below finds out what is wrong)
+    walker.walk(key)
     return ScanResult(
         ("dir", real, st.st_dev, st.st_ino),
         "dir",
@@ -233,12 +276,37 @@ def scan_tree(
         problems=walker.problems,
         seconds=time.monotonic() - started,
         racy=walker.racy,
+        listed=walker.listed,
     )
 
 
 @dataclass
 class _Walker:
-    """One walk of a directory tree into a snapshot (see ``scan_tree``)."""
+    """One walk of a directory tree into a snapshot (see ``scan_tree``).
+
+    Polling costs one lstat per file per interval (issue 6: a 100,000-file tree every
+    second), so the walk does little else:
+
+    - A directory is read (``scandir``) only when its names may have changed. Creating,
+      removing or renaming an entry moves the directory's ctime, which nobody can set; so
+      when a directory's (device, inode, mtime, ctime, size, mode) are what they were
+      when it was last read, its names are those of the last snapshot, and its files are
+      lstat'ed by name without reading it. This holds on the file systems whose kernel
+      code keeps the times itself (``_LISTING_FS``: ext4, xfs, btrfs, tmpfs, ...), and
+      only for a read made ``_SETTLED`` (2 s) or more after the directory's ctime: a
+      change made after the read gets a ctime not older than ``clock`` (read before any
+      directory; cut to the second on file systems that keep whole seconds), so it
+      cannot leave the ctime as it was. Anywhere else (NFS, SMB, FUSE,
+      9p..., where a directory's times may be cached, synthetic or the server's), and
+      for a directory with an entry that could not be judged, every scan reads it.
+      A file's content changes do not move its directory's times: every file is
+      lstat'ed every scan either way.
+    - When a directory is read, an entry known as a file is lstat'ed once
+      (``DirEntry.stat`` caches it), its signature built and compared with the last
+      one; when equal, the old signature object is kept and nothing else happens.
+      Everything else goes through ``_entry``. A directory whose every entry took that
+      way is its previous ``DirSnap`` again, shared without a comparison.
+    """
 
     real: str  # the root, symlinks resolved (a swap during the walk cannot mix trees)
     filt: PathFilter
@@ -247,81 +315,240 @@ class _Walker:
     closed: Callable[[], bool]
     seen: set[tuple[int, int]]  # (device, inode) of every directory walked
     since: int | None = None  # see scan_tree
+    clock: int = 0  # the ctime clock before any directory was read; 0: trust none
+    was_listed: Listed = field(default_factory=dict)  # ``listed`` of the scan of ``old``
+    listed: Listed = field(default_factory=dict)  # directories whose names can be trusted
     snap: Snap = field(default_factory=dict)
     racy: list[str] = field(default_factory=list)
     files: int = 0
     locks: set[str] = field(default_factory=set)
     unreadable: dict[str, str] = field(default_factory=dict)
     problems: list[tuple[str, str]] = field(default_factory=list)
+    _devices: frozenset[int] | None = None  # of the _LISTING_FS file systems, once read
 
-    def walk(self) -> None:
-        stack = [""]
+    def walk(self, key: DirKey | None) -> None:
+        """Walk from the root, whose lstat is ``key`` (None: unknown)."""
+        stack: list[Walk] = [("", key)]
+        old, snap, real, closed = self.old, self.snap, self.real, self.closed
+        was_listed = self.was_listed
+        since = self.since
         while stack:
-            if self.closed():
+            if closed():
                 raise _Closed
-            rel = stack.pop()
-            path = f"{self.real}/{rel}" if rel else self.real
-            prev = self.old.get(rel, {})
+            rel, key = stack.pop()
+            path = f"{real}/{rel}" if rel else real
+            prev = old.get(rel)
+            long = len(path) * 4 >= _LONG and len(os.fsencode(path)) >= _LONG
+            if (
+                key is not None
+                and prev is not None
+                and since is None
+                and was_listed.get(rel) == key
+            ):
+                try:
+                    dfd = _open_long(path) if long else os.open(path, _DIR_FLAGS)
+                except OSError:
+                    pass  # read below, which judges the error
+                else:
+                    try:
+                        unread = self._unread(rel, path, dfd, prev, key, stack)
+                    finally:
+                        os.close(dfd)
+                    if unread:
+                        continue
             fd = None
             try:
-                if len(path) * 4 >= _LONG and len(os.fsencode(path)) >= _LONG:
+                if long:
                     fd = _open_long(path)  # past PATH_MAX: read it through a dir fd
-                entries = self._read(rel, path, fd, prev, stack)
+                entries, whole = self._read(rel, path, fd, prev, stack)
             except OSError as exc:
                 if self._failed(rel, path, exc):
-                    _carry(self.old, rel, self.snap)  # what we knew stands: no change
+                    _carry(old, rel, snap)  # what we knew stands: no change
                 continue
             finally:
                 if fd is not None:
                     os.close(fd)
-            self.snap[rel] = prev if rel in self.old and prev == entries else entries
+            snap[rel] = entries
+            if whole and key is not None and self._may_list(key):
+                self.listed[rel] = key
+
+    def _may_list(self, key: DirKey) -> bool:
+        """Whether the names just read of a directory (lstat ``key``, taken before they were
+        read) may stand for the directory for as long as its lstat stays ``key``."""
+        if key[3] > self.clock - _SETTLED:
+            return False  # changed too recently: a change after the read could hide
+        if self._devices is None:
+            self._devices = _listing_devices()  # once per scan: a device may be reused
+        return key[0] in self._devices
+
+    def _unread(
+        self,
+        rel: str,
+        path: str,
+        fd: int,
+        prev: DirSnap,
+        key: DirKey,
+        stack: list[Walk],
+    ) -> bool:
+        """Take the directory at ``path`` (open as ``fd``) as ``prev`` without reading it,
+        when it still is: its files lstat'ed by name (relative to ``fd``) unchanged, its
+        walked subdirectories still the same directories (not seen elsewhere in this
+        walk). False, having changed nothing, when anything differs: it is then read."""
+        lstat = os.lstat
+        files = 0
+        kids: list[Walk] = []
+        vcs: list[str] = []
+        for name, was in prev.items():
+            if was is None:
+                continue  # a file the filters reject: it cannot turn into another kind
+            if was is PRUNED:  # without the directory's ctime moving
+                if name in VCS_DIRS:
+                    vcs.append(name)
+                continue
+            try:
+                fs = lstat(name, dir_fd=fd)
+            except OSError:
+                return False
+            sig = (fs.st_ino, fs.st_mtime_ns, fs.st_ctime_ns, fs.st_size, fs.st_mode)
+            if sig == was:  # an unchanged file (never a directory: its sig has size -1)
+                files += 1
+            elif was[3] == -1 and sig[0] == was[0] and sig[4] == was[4]:  # the same directory
+                kids.append((f"{rel}/{name}" if rel else name, (fs.st_dev, *sig)))
+            else:
+                return False
+        if kids:
+            ids: set[tuple[int, int]] = set()
+            for _, got in kids:
+                if got is None or (got[0], got[1]) in self.seen or (got[0], got[1]) in ids:
+                    return False  # a directory reached twice: reading this one judges it
+                ids.add((got[0], got[1]))
+            self.seen |= ids
+            stack.extend(kids)
+        for name in vcs:
+            self._vcs(path, fd, name, _join(rel, name))
+        self.files += files
+        self.snap[rel] = prev
+        self.listed[rel] = key
+        return True
 
     def _read(
-        self, rel: str, path: str, fd: int | None, prev: DirSnap, stack: list[str]
-    ) -> DirSnap:
+        self,
+        rel: str,
+        path: str,
+        fd: int | None,
+        prev: DirSnap | None,
+        stack: list[Walk],
+    ) -> tuple[DirSnap, bool]:
         """The entries of one directory (read through ``fd`` when given: then the entries
-        are stat'ed relative to it); subdirectories to walk are pushed on ``stack``."""
+        are stat'ed relative to it), or ``prev`` itself when they are equal to it, and
+        whether every name read is in them, judged; subdirectories to walk are pushed on
+        ``stack``."""
+        known = prev is not None
+        if prev is None:
+            prev = {}
         entries: DirSnap = {}
-        it = os.scandir(fd) if fd is not None else os.scandir(path)
-        with it:
+        get = prev.get
+        since, seen = self.since, self.seen
+        same = whole = True
+        files = 0
+        fs: os.stat_result | None
+        with os.scandir(fd) if fd is not None else os.scandir(path) as it:
             for entry in it:
                 name = entry.name
-                was = prev.get(name, 0)  # 0: not seen before; None: seen and filtered out
-                try:
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                except OSError:
-                    is_dir = False
-                if is_dir:
-                    child = _join(rel, name)
-                    if name in VCS_DIRS:
-                        self._vcs(path, fd, name, child)
-                        entries[name] = None
-                    elif was is None or (was == 0 and self.filt.prune_dir(self._frel(child))):
-                        entries[name] = None
+                was = get(name)
+                if was is not None and was is not PRUNED and since is None:
+                    try:
+                        fs = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        fs = None  # _entry tries again and judges the error
                     else:
-                        sig = self._subdir(entry, path, child, was)
-                        if sig is not None:
-                            entries[name] = sig
-                            if sig is not was:
-                                stack.append(child)
-                    continue
-                if was is None or (
-                    was == 0 and not self.filt.matches(self._frel(_join(rel, name)))
-                ):
-                    entries[name] = None
-                    continue
-                try:
-                    fs = entry.stat(follow_symlinks=False)
-                except OSError as exc:
-                    failed = self._failed(_join(rel, name), f"{path}/{name}", exc)
-                    if failed and isinstance(was, tuple):
-                        entries[name] = was  # unreadable now: what we knew stands
-                    continue
-                entries[name] = (fs.st_ino, fs.st_mtime_ns, fs.st_ctime_ns, fs.st_size, fs.st_mode)
-                self.files += 1
-                if self.since is not None and fs.st_ctime_ns >= self.since:
-                    self.racy.append(_join(rel, name))
-        return entries
+                        sig = (fs.st_ino, fs.st_mtime_ns, fs.st_ctime_ns, fs.st_size, fs.st_mode)
+                        if sig == was:  # never true for a directory: its sig has size -1
+                            entries[name] = was
+                            files += 1
+                            continue
+                        if (
+                            was[3] == -1  # the directory walked last time, still here
+                            and was[0] == sig[0]
+                            and was[4] == sig[4]
+                            and (fs.st_dev, sig[0]) not in seen
+                        ):
+                            seen.add((fs.st_dev, sig[0]))
+                            entries[name] = was
+                            stack.append((f"{rel}/{name}" if rel else name, (fs.st_dev, *sig)))
+                            continue
+                else:
+                    fs = None
+                same = False
+                if not self._entry(entry, rel, path, fd, prev, fs, entries, stack):
+                    whole = False
+        self.files += files
+        if known and ((same and len(entries) == len(prev)) or entries == prev):
+            return prev, whole
+        return entries, whole
+
+    def _entry(
+        self,
+        entry: os.DirEntry[str],
+        rel: str,
+        path: str,
+        fd: int | None,
+        prev: DirSnap,
+        fs: os.stat_result | None,
+        entries: DirSnap,
+        stack: list[Walk],
+    ) -> bool:
+        """Judge one entry that is not a known, unchanged file: store its signature (or
+        ``None``/``PRUNED``) in ``entries``, or nothing when it is gone or skipped (then
+        False: the directory's names are not to be trusted without reading it).
+
+        ``fs`` is its lstat when already taken. The filters' decision is kept in the
+        snapshot with the entry's kind: ``None`` a file they reject, ``PRUNED`` a
+        directory they prune. When a name changes kind (a file removed and a directory
+        made under its name between two scans), it is judged again as what it is now.
+        """
+        name = entry.name
+        was = prev.get(name, _MISSING)
+        if fs is not None:
+            is_dir = stat.S_ISDIR(fs.st_mode)
+        else:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+        if is_dir:
+            child = _join(rel, name)
+            if name in VCS_DIRS:
+                self._vcs(path, fd, name, child)
+                entries[name] = PRUNED
+            elif was is PRUNED or (not _is_dir_sig(was) and self.filt.prune_dir(self._frel(child))):
+                entries[name] = PRUNED
+            else:
+                return self._subdir(entry, path, child, was, entries, stack)
+            return True
+        if was is None:
+            entries[name] = None  # a file the filters rejected, still a file
+            return True
+        if (not isinstance(was, tuple) or _is_dir_sig(was)) and not self.filt.matches(
+            self._frel(_join(rel, name))
+        ):
+            entries[name] = None  # new, or a directory before: judged now
+            return True
+        if fs is None:
+            try:
+                fs = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                failed = self._failed(_join(rel, name), f"{path}/{name}", exc)
+                if failed and isinstance(was, tuple):
+                    entries[name] = was  # unreadable now: what we knew stands
+                    if _is_dir_sig(was):
+                        _carry(self.old, _join(rel, name), self.snap)
+                return False
+        entries[name] = (fs.st_ino, fs.st_mtime_ns, fs.st_ctime_ns, fs.st_size, fs.st_mode)
+        self.files += 1
+        if self.since is not None and fs.st_ctime_ns >= self.since:
+            self.racy.append(_join(rel, name))
+        return True
 
     def _failed(self, rel: str, path: str, exc: OSError) -> bool:
         """An entry could not be read: gone (False), or unreadable (True, one warning)."""
@@ -338,29 +565,40 @@ class _Walker:
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
     def _subdir(
-        self, entry: os.DirEntry[str], path: str, child: str, was: Sig | int | None
-    ) -> Sig | None:
-        """The signature of a subdirectory to walk; ``was`` itself (not to be walked) when
-        it cannot be stat'ed now but was known; None when it is not to be walked."""
+        self,
+        entry: os.DirEntry[str],
+        path: str,
+        child: str,
+        was: object,
+        entries: DirSnap,
+        stack: list[Walk],
+    ) -> bool:
+        """Store the signature of a subdirectory and push it on ``stack`` to be walked;
+        when it cannot be stat'ed now but was known, store ``was`` and carry over what
+        was known below it. False when it is not walked (gone, unreadable, a loop)."""
+        name = entry.name
         try:
             ds = entry.stat(follow_symlinks=False)
         except OSError as exc:
-            if self._failed(child, f"{path}/{entry.name}", exc) and isinstance(was, tuple):
+            if self._failed(child, f"{path}/{name}", exc) and isinstance(was, tuple):
                 _carry(self.old, child, self.snap)  # unreadable now: what we knew stands
-                return was
-            return None
-        key = (ds.st_dev, ds.st_ino)
-        if key in self.seen:
+                entries[name] = was
+            return False
+        if (ds.st_dev, ds.st_ino) in self.seen:
             self.problems.append(
                 (
                     f"loop:{child}",
-                    f"{display(path)}/{display(entry.name)} is a directory already seen in "
+                    f"{display(path)}/{display(name)} is a directory already seen in "
                     "this tree (a bind mount loop?); skipped",
                 )
             )
-            return None
-        self.seen.add(key)
-        return (ds.st_ino, 0, 0, 0, ds.st_mode)  # no times: a change inside is not its change
+            return False
+        self.seen.add((ds.st_dev, ds.st_ino))
+        # no times: a change inside is not its change; size -1: never a file's signature
+        entries[name] = (ds.st_ino, 0, 0, -1, ds.st_mode)
+        key = (ds.st_dev, ds.st_ino, ds.st_mtime_ns, ds.st_ctime_ns, ds.st_size, ds.st_mode)
+        stack.append((child, key))
+        return True
 
     def _vcs(self, path: str, fd: int | None, name: str, child: str) -> None:
         for lock, owner in _VCS_LOCKS:
@@ -374,6 +612,31 @@ class _Walker:
             except OSError:
                 continue
             self.locks.add(f"{child}/{lock}")
+
+
+def _listing_devices() -> frozenset[int]:
+    """The devices (``st_dev``) of the mounted ``_LISTING_FS`` file systems.
+
+    Read from /proc/self/mountinfo, which answers even when a mount is hung (statfs
+    would wait for it). Nothing when it cannot be read: then every directory is read.
+    """
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            text = f.read()
+    except OSError:
+        return frozenset()
+    out = set()
+    for line in text.splitlines():
+        fields = line.split()
+        try:  # ID PARENT MAJOR:MINOR ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
+            kind = fields[fields.index(b"-", 6) + 1]
+            major, minor = fields[2].split(b":")
+            dev = os.makedev(int(major), int(minor))
+        except (ValueError, IndexError):
+            continue
+        if kind in _LISTING_FS:
+            out.add(dev)
+    return frozenset(out)
 
 
 def _open_long(path: str) -> int:
@@ -422,6 +685,7 @@ class PollTree:
     last_scan_seconds: float = 0.0
     _ident: Ident | None = None  # the root as of the last scan
     _current: Snap = field(default_factory=dict)  # the last scan
+    _listed: Listed = field(default_factory=dict)  # and its ScanResult.listed
     _settled: Snap = field(default_factory=dict)  # as of the last report
     _settled_ident: Ident | None = None
     _pending: set[str] = field(default_factory=set)
@@ -471,16 +735,16 @@ class PollTree:
             self._loop = None  # driven by scan() only
         self._based = report
         if self._loop is None:
-            self._apply(self._collect(self._current))
+            self._apply(self._collect(self._current, None, self._listed))
             self._baselined().set()
             return
         self._baselined()
         self._scanning = True
-        old = self._current
+        old, listed = self._current, self._listed
         since = None if report else ctime_now()
 
         def first() -> None:
-            self._deliver(self._run(old, since))
+            self._deliver(self._run(old, since, listed))
 
         threading.Thread(target=first, name=f"poll {self.root}", daemon=True).start()
         self._slow_timer = self._loop.call_later(BASELINE_WAIT, self._slow_first)
@@ -507,7 +771,7 @@ class PollTree:
 
     def scan(self) -> None:
         """One scan now, on this thread (tests; trees without a loop)."""
-        self._apply(self._collect(self._current))
+        self._apply(self._collect(self._current, None, self._listed))
 
     def close(self) -> None:
         self._closed = True
@@ -520,8 +784,10 @@ class PollTree:
 
     # -- scanning -------------------------------------------------------------------
 
-    def _collect(self, old: Snap, since: int | None = None) -> ScanResult:
-        return scan_tree(self.root, self.filter, old, self.prefix, lambda: self._closed, since)
+    def _collect(self, old: Snap, since: int | None, listed: Listed) -> ScanResult:
+        return scan_tree(
+            self.root, self.filter, old, self.prefix, lambda: self._closed, since, listed
+        )
 
     def _schedule(self) -> None:
         if self._loop is not None and not self._closed and self._timer is None:
@@ -532,16 +798,18 @@ class PollTree:
         if self._closed or self._scanning:
             return
         self._scanning = True
-        old = self._current
+        old, listed = self._current, self._listed
 
         threading.Thread(
-            target=lambda: self._deliver(self._run(old)), name=f"poll {self.root}", daemon=True
+            target=lambda: self._deliver(self._run(old, None, listed)),
+            name=f"poll {self.root}",
+            daemon=True,
         ).start()
 
-    def _run(self, old: Snap, since: int | None = None) -> ScanResult | None:
+    def _run(self, old: Snap, since: int | None, listed: Listed) -> ScanResult | None:
         """One scan, on a worker thread; None when it was abandoned or failed."""
         try:
-            return self._collect(old, since)
+            return self._collect(old, since, listed)
         except _Closed:
             return None
         except Exception:
@@ -607,7 +875,7 @@ class PollTree:
                 res.dirs,
                 res.seconds,
             )
-            self._current, self._ident = res.snap, res.ident
+            self._current, self._listed, self._ident = res.snap, res.listed, res.ident
             self._settled, self._settled_ident = _without(res.snap, res.racy), res.ident
             if res.racy:
                 # changed while the baseline was read: reported after the next quiet scan
@@ -619,7 +887,7 @@ class PollTree:
         changed = list(res.changed)
         if res.ident != self._ident and res.ident is not None and self._ident is not None:
             changed.append("")  # the root itself was swapped
-        self._current, self._ident = res.snap, res.ident
+        self._current, self._listed, self._ident = res.snap, res.listed, res.ident
         if changed:
             self._pending.update(changed)
             if self._pending_since is None:
