@@ -228,3 +228,22 @@ def test_any_byte_name_never_crashes(raw: bytes) -> None:
     f.matches("dir/" + name)
     f.prune_dir(name)
     display(name).encode("utf-8")
+
+
+_PARTS = st.sampled_from(["a", "b", "node_modules", ".git", "__pycache__", "build", "x.d"])
+
+
+@given(
+    parent=st.lists(_PARTS, max_size=3).map("/".join),
+    name=_PARTS,
+    exclude=st.lists(st.sampled_from(["build/", "/a", "**/x.d", "b/node_modules"]), max_size=2),
+)
+def test_prune_child_is_prune_dir_below_an_unpruned_parent(
+    parent: str, name: str, exclude: list[str]
+) -> None:
+    """The walk asks prune_child(parent, name) where the parent itself was not pruned."""
+    filt = PathFilter(exclude=exclude)
+    if parent and filt.prune_dir(parent):
+        return
+    rel = f"{parent}/{name}" if parent else name
+    assert filt.prune_child(parent, name) == filt.prune_dir(rel)

@@ -129,6 +129,16 @@ class PathFilter:
         probe = rel + "/"
         return any(rx.match(probe) for rx in self.exclude)
 
+    def prune_child(self, parent: str, name: str) -> bool:
+        """``prune_dir`` for the subdirectory ``name`` of ``parent`` (root-relative, ""
+        for the root), which is itself not pruned: what a walk asks of every directory."""
+        if name in IGNORED_DIRS:
+            return True
+        if not self.exclude:
+            return False
+        probe = f"{parent}/{name}/" if parent else f"{name}/"
+        return any(rx.match(probe) for rx in self.exclude)
+
     def matches(self, rel: str) -> bool:
         """True when a change to this file (root-relative) should trigger a reload."""
         # A storm repeats the same paths (modify, then close, for every file): decide

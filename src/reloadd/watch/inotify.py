@@ -657,7 +657,7 @@ class Tree:
             for name in subdirs:
                 if name in VCS_DIRS:
                     self._watch_vcs(prefix + name)
-                elif not self.filter.prune_dir(prefix + name):
+                elif not self.filter.prune_child(rel, name):
                     stack.append(prefix + name)
             for name in files:
                 if self.filter.matches(prefix + name):
@@ -771,27 +771,24 @@ def _entries(it: Iterator[os.DirEntry[str]], files: bool) -> Listing:
     return subdirs, others
 
 
-def _scandir(path: str, files: bool) -> Listing:
-    try:
-        with os.scandir(path) as it:
-            return _entries(it, files)
-    except OSError as exc:
-        if exc.errno != errno.ENAMETOOLONG:
-            raise
-    fd = _open_long(path, os.O_RDONLY)
-    try:
-        with os.scandir(fd) as it:
-            return _entries(it, files)
-    finally:
-        os.close(fd)
-
-
 def _listdir(path: str, warn: Callable[[str, str], None], files: bool = True) -> Listing:
     """The real subdirectories of ``path`` and its other entries (left empty unless
     ``files``); symlinks are not followed. An unreadable directory is warned of, once."""
     try:
-        return _scandir(path, files)
+        with os.scandir(path) as it:
+            return _entries(it, files)
     except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
-            warn(path, f"cannot list {display(path)}: {exc.strerror}")
-        return [], []
+        error = exc
+    if error.errno == errno.ENAMETOOLONG:  # deeper than PATH_MAX: through a descriptor
+        try:
+            fd = _open_long(path, os.O_RDONLY)
+            try:
+                with os.scandir(fd) as it:
+                    return _entries(it, files)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            error = exc
+    if error.errno not in (errno.ENOENT, errno.ENOTDIR):
+        warn(path, f"cannot list {display(path)}: {error.strerror}")
+    return [], []
