@@ -7,7 +7,6 @@ failure to start (one clear line per problem on stderr, a traceback only with --
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import logging
 import os
@@ -110,7 +109,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(config, args.debug)
 
 
+def _without_tls() -> None:
+    """Keep OpenSSL out of the daemon: reloadd speaks TLS nowhere, and asyncio imports
+    ``ssl`` only to offer it, which maps libssl and libcrypto into a long-running root
+    process (4.5 MiB of RSS, about 5 ms of start-up). An entry of None in sys.modules
+    makes ``import ssl`` fail, and asyncio then runs as on a Python built without ssl.
+    Only the daemon process does this (``reloadctl``, ``--check`` and tests do not)."""
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+
+
 def _run(config: Config, debug: bool) -> int:
+    _without_tls()
+    import asyncio
+
     from reloadd.daemon import Daemon
 
     # The modules and the config live as long as the daemon: take them out of the cyclic

@@ -9,7 +9,7 @@ dotted key path and what was expected, e.g.::
 
 The module is pure apart from reading the config files, stat'ing watch paths (a missing one
 is a warning: the service waits for it) and pwd/grp lookups. A watch path is stat'ed in a
-daemon thread and given up on after ``watch.PROBE_TIMEOUT`` (5 s; all paths at once): on a
+daemon thread and given up on after ``probe.PROBE_TIMEOUT`` (5 s; all paths at once): on a
 hung mount (a dead NFS server, a stopped FUSE daemon) the stat would block for ever, at
 start-up and in a live re-read alike. Such a path is a warning, not an error: reloadd
 starts, polls it and shows why in the status (docs/backends.md). Only where reloadd would
@@ -73,7 +73,7 @@ from signal import Signals
 from typing import Any, cast
 
 from reloadd import trust
-from reloadd.watch import PROBE_TIMEOUT, Call, shared_call
+from reloadd.probe import PROBE_TIMEOUT, Call, shared_call
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +192,23 @@ def test_config_saved_in_place_slowly_is_read_at_its_close(tmp_path, monkeypatch
             assert d.config_error is None
 
     asyncio.run(scenario())
+
+
+def test_the_daemon_maps_no_tls_library(tmp_path, start_reloadd):
+    """reloadd speaks TLS nowhere: the daemon process has no OpenSSL in its address space
+    (cli._without_tls; asyncio runs without ssl), and it still reloads."""
+    (tmp_path / "w").mkdir()
+    log = tmp_path / "t.log"
+    r = start_reloadd(f"""
+        [services.app]
+        watch = ["{tmp_path / "w"}"]
+        command = ["{sys.executable}", "{RECORDER}", "{log}"]
+        debounce = "50ms"
+    """)
+    wait_for(lambda: Recording(log).ready_pids(), what="target")
+    maps = Path(f"/proc/{r.proc.pid}/maps").read_text()
+    assert "python" in maps  # (the right process was read)
+    assert "libssl" not in maps
+    assert "_ssl" not in maps
+    (tmp_path / "w" / "x.py").write_text("x")
+    wait_for(lambda: Recording(log).signals("SIGHUP"), what="a reload")

@@ -63,11 +63,11 @@ import concurrent.futures
 import ctypes
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
+from reloadd.probe import PROBE_TIMEOUT, shared_call, stuck
 from reloadd.watch.filters import PathFilter, display
 from reloadd.watch.inotify import Hub, Tree
 from reloadd.watch.poll import PollTree
@@ -76,11 +76,6 @@ log = logging.getLogger("reloadd.watch")
 
 BACKENDS = ("auto", "inotify", "poll")
 ENV = "RELOADD_BACKEND"  # forces a backend where the config says "auto" (tests, CI, debugging)
-
-# How long a statfs/stat of a watch path may take before its mount is taken for hung
-# (docs/backends.md). A healthy local or network file system answers in milliseconds; a
-# few seconds ride out a busy NFS server, and stay well inside systemd's start timeout.
-PROBE_TIMEOUT = 5.0
 
 # statfs f_type -> name, for file systems whose changes inotify does not (fully) see.
 REMOTE_FS: dict[int, str] = {
@@ -208,63 +203,6 @@ def nearest_existing(path: str) -> str:
 
 # -- looking at a path that may be on a hung mount --------------------------------------
 
-T = TypeVar("T")
-
-
-class Call(NamedTuple):
-    """A call running (or done) in its own daemon thread, and when it started."""
-
-    future: concurrent.futures.Future[Any]
-    started: float  # time.monotonic()
-
-    def deadline(self, timeout: float) -> float:
-        return self.started + timeout
-
-
-_calls: dict[tuple[str, str], Call] = {}  # the calls still running, by (what, path)
-_calls_lock = threading.Lock()
-
-
-def shared_call(key: tuple[str, str], fn: Callable[..., T], *args: Any) -> Call:
-    """``fn(*args)`` in a daemon thread of its own; while it runs, the same ``key`` gets
-    the same call (a path on a hung mount costs one stuck thread, not one per look).
-
-    A daemon thread, not an executor's: a call stuck in a hung mount must not hold up
-    exit. Waiters give up by their own deadline (``Call.deadline``, counted from when
-    the call started, so a call that has hung for long is not waited on again).
-    """
-    with _calls_lock:
-        call = _calls.get(key)
-        if call is not None:
-            return call
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        future.set_running_or_notify_cancel()  # so no waiter can cancel it for the others
-        call = _calls[key] = Call(future, time.monotonic())
-
-    def run() -> None:
-        try:
-            result = fn(*args)
-        except BaseException as exc:  # handed to the waiters
-            with _calls_lock:
-                _calls.pop(key, None)
-            future.set_exception(exc)
-        else:
-            with _calls_lock:
-                _calls.pop(key, None)
-            future.set_result(result)
-
-    threading.Thread(target=run, name=f"{key[0]} {key[1]}"[:60], daemon=True).start()
-    return call
-
-
-def _stuck(path: str) -> bool:
-    """Whether a call on ``path`` (a stat by config validation, a statfs) has been
-    running for longer than PROBE_TIMEOUT: then the path is taken for hung at once,
-    without waiting PROBE_TIMEOUT once more (reloadd's start-up validates, then arms)."""
-    now = time.monotonic()
-    with _calls_lock:
-        return any(k[1] == path and now - c.started > PROBE_TIMEOUT for k, c in _calls.items())
-
 
 class Look(NamedTuple):
     """What a look at a watch path found: statfs's f_type where it is (or of its
@@ -294,7 +232,7 @@ def _look_key(root: str) -> tuple[str, str]:
 def look_now(root: str, timeout: float | None = None) -> Look | None:
     """``look(root)`` in a thread, waited for here (blocking) up to ``timeout``
     (``PROBE_TIMEOUT``); None when it did not answer in time."""
-    if _stuck(_norm(root)):
+    if stuck(_norm(root)):
         return None
     call = shared_call(_look_key(root), look, root)
     wait = call.deadline(PROBE_TIMEOUT if timeout is None else timeout) - time.monotonic()
@@ -307,7 +245,7 @@ def look_now(root: str, timeout: float | None = None) -> Look | None:
 
 async def look_async(root: str, timeout: float | None = None) -> Look | None:
     """``look_now`` without blocking the loop."""
-    if _stuck(_norm(root)):
+    if stuck(_norm(root)):
         return None
     call = shared_call(_look_key(root), look, root)
     wait = call.deadline(PROBE_TIMEOUT if timeout is None else timeout) - time.monotonic()
@@ -781,7 +719,6 @@ __all__ = [
     "LOCAL_FS",
     "PROBE_TIMEOUT",
     "REMOTE_FS",
-    "Call",
     "Look",
     "PollTree",
     "Tree",
@@ -794,5 +731,4 @@ __all__ = [
     "look_now",
     "nearest_existing",
     "needs_look",
-    "shared_call",
 ]

@@ -1,0 +1,83 @@
+"""Blocking file-system calls that may never return, run where they cannot stall reloadd.
+
+A stat or statfs of a path on a dead NFS server or a stopped FUSE daemon blocks for ever,
+and nothing can interrupt it. Such calls run in daemon threads of their own (one per
+``(what, path)`` while it runs: a hung path costs one stuck thread, not one per look), and
+their callers give up after ``PROBE_TIMEOUT`` counted from when the call started. Daemon
+threads, not an executor's: ``asyncio.run`` and interpreter exit wait for an executor's
+threads, and one stuck in a hung mount must not keep reloadd from exiting.
+
+Used by config validation (``config.py``, no event loop) and by the watch paths
+(``watch/``, from the loop); it imports neither.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
+
+# How long a statfs/stat of a watch path may take before its mount is taken for hung
+# (docs/backends.md). A healthy local or network file system answers in milliseconds; a
+# few seconds ride out a busy NFS server, and stay well inside systemd's start timeout.
+PROBE_TIMEOUT = 5.0
+
+
+T = TypeVar("T")
+
+
+class Call(NamedTuple):
+    """A call running (or done) in its own daemon thread, and when it started."""
+
+    future: concurrent.futures.Future[Any]
+    started: float  # time.monotonic()
+
+    def deadline(self, timeout: float) -> float:
+        return self.started + timeout
+
+
+_calls: dict[tuple[str, str], Call] = {}  # the calls still running, by (what, path)
+_calls_lock = threading.Lock()
+
+
+def shared_call(key: tuple[str, str], fn: Callable[..., T], *args: Any) -> Call:
+    """``fn(*args)`` in a daemon thread of its own; while it runs, the same ``key`` gets
+    the same call (a path on a hung mount costs one stuck thread, not one per look).
+
+    A daemon thread, not an executor's: a call stuck in a hung mount must not hold up
+    exit. Waiters give up by their own deadline (``Call.deadline``, counted from when
+    the call started, so a call that has hung for long is not waited on again).
+    """
+    with _calls_lock:
+        call = _calls.get(key)
+        if call is not None:
+            return call
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()  # so no waiter can cancel it for the others
+        call = _calls[key] = Call(future, time.monotonic())
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the waiters
+            with _calls_lock:
+                _calls.pop(key, None)
+            future.set_exception(exc)
+        else:
+            with _calls_lock:
+                _calls.pop(key, None)
+            future.set_result(result)
+
+    threading.Thread(target=run, name=f"{key[0]} {key[1]}"[:60], daemon=True).start()
+    return call
+
+
+def stuck(path: str) -> bool:
+    """Whether a call on ``path`` (a stat by config validation, a statfs) has been
+    running for longer than PROBE_TIMEOUT: then the path is taken for hung at once,
+    without waiting PROBE_TIMEOUT once more (reloadd's start-up validates, then arms)."""
+    now = time.monotonic()
+    with _calls_lock:
+        return any(k[1] == path and now - c.started > PROBE_TIMEOUT for k, c in _calls.items())
