@@ -55,7 +55,6 @@ Decisions where DESIGN.md is silent (an operator's reasonable expectation, writt
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import grp
 import math
@@ -65,7 +64,6 @@ import re
 import shlex
 import stat
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -1191,13 +1189,12 @@ def _check_watch_paths(specs: list[ServiceSpec], out: _Collector) -> list[Servic
 def _stat_error(call: Call) -> OSError | None:
     """What the stat ``call`` raised, TimeoutError when it did not answer in time, or
     None when it answered."""
-    try:
-        call.future.result(max(call.deadline(PROBE_TIMEOUT) - time.monotonic(), 0.0))
-    except concurrent.futures.TimeoutError:
+    if not call.wait():
         return TimeoutError()
-    except OSError as exc:
+    exc = call.future.exception()
+    if exc is None or isinstance(exc, OSError):
         return exc
-    return None
+    raise exc
 
 
 def load(path: str | os.PathLike[str]) -> Config:

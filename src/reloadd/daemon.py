@@ -96,6 +96,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._config_trees: list[WatchPath] = []
         self._config_watched: tuple[bool, str] | None = None  # (watch_config, include)
+        self._no_grace = False  # a second SIGINT: every supervised stop is a SIGKILL
         self._config_changes = Coalescer(CONFIG_DEBOUNCE, CONFIG_MAX_DELAY)
         self._config_timer: asyncio.TimerHandle | None = None
 
@@ -124,8 +125,9 @@ class Daemon:
             await self.control.start()
             # statfs of every watch path, in threads and at most PROBE_TIMEOUT: a path on
             # a hung mount is polled instead of stopping the loop (docs/backends.md)
-            looks = await self._look(self.config.services)
-            for spec in self.config.services:
+            specs = self.config.services  # (a re-read waits for start-up: reload_config)
+            looks = await self._look(specs)
+            for spec in specs:
                 self._add(spec, looks)
             await self._watch_config()
             await self._baselines()  # READY=1 means every polled tree has its baseline
@@ -176,6 +178,7 @@ class Daemon:
     def _on_sigint(self) -> None:
         if self._stop.is_set():
             log.warning("second SIGINT: stopping supervised commands with SIGKILL")
+            self._no_grace = True  # also for a target a re-read in progress still hands on
             for svc in self.services.values():
                 svc.target.kill_now()
         self._stop.set()
@@ -217,6 +220,9 @@ class Daemon:
             )
 
     async def _stop_services(self, services: list[Service]) -> None:
+        if self._no_grace:
+            for svc in services:
+                svc.target.kill_now()
         results = await asyncio.gather(*(svc.stop() for svc in services), return_exceptions=True)
         for svc, res in zip(services, results, strict=True):
             if isinstance(res, BaseException):
@@ -280,6 +286,11 @@ class Daemon:
 
     async def reload_config(self) -> tuple[bool, str]:
         """Re-read and apply the config; (applied, message). Concurrent calls coalesce."""
+        if not self.ready.is_set() and not self._stop.is_set():
+            # Start-up is still building the services of the file as it read it (the
+            # looks at the watch paths may take seconds): a re-read now would race it.
+            # The file is read once they are up, as it is then.
+            await _first(self.ready.wait(), self._stop.wait())
         if self._stop.is_set():
             return False, "reloadd is shutting down; the config was not re-read"
         if self._reloading is not None and not self._reloading.done():
@@ -516,6 +527,16 @@ class Daemon:
 
     def _update_status(self) -> None:
         self.notifier.status(self.status_line())
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Until the first of ``waits`` is done (the others are cancelled)."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _watch_changed(spec: ServiceSpec, before: ServiceSpec) -> bool:

@@ -17,15 +17,12 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 # How long a statfs/stat of a watch path may take before its mount is taken for hung
 # (docs/backends.md). A healthy local or network file system answers in milliseconds; a
 # few seconds ride out a busy NFS server, and stay well inside systemd's start timeout.
 PROBE_TIMEOUT = 5.0
-
-
-T = TypeVar("T")
 
 
 class Call(NamedTuple):
@@ -37,12 +34,21 @@ class Call(NamedTuple):
     def deadline(self, timeout: float) -> float:
         return self.started + timeout
 
+    def wait(self, timeout: float = PROBE_TIMEOUT) -> bool:
+        """Block until the call is done, or ``timeout`` after it started; whether it is
+        done (its result or exception is then in ``future``)."""
+        try:
+            self.future.exception(max(self.deadline(timeout) - time.monotonic(), 0.0))
+        except concurrent.futures.TimeoutError:
+            return False
+        return True
+
 
 _calls: dict[tuple[str, str], Call] = {}  # the calls still running, by (what, path)
 _calls_lock = threading.Lock()
 
 
-def shared_call(key: tuple[str, str], fn: Callable[..., T], *args: Any) -> Call:
+def shared_call(key: tuple[str, str], fn: Callable[..., Any], *args: Any) -> Call:
     """``fn(*args)`` in a daemon thread of its own; while it runs, the same ``key`` gets
     the same call (a path on a hung mount costs one stuck thread, not one per look).
 

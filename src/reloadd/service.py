@@ -121,7 +121,9 @@ class _Change:
         and at most INBOX_PATHS of them (past PATH_COUNT_CAP the coalescer's count is a
         lower bound anyway).
         """
-        if not self.paths or not later.paths:
+        if not later.paths:
+            return True  # it only asks for a look at the holds, which this change gets
+        if not self.paths:
             return False
         if self.seen is None:  # first merge: own the list (it came from the watcher)
             self.paths, self.seen, self.first = list(self.paths), set(self.paths), self.at
@@ -209,7 +211,12 @@ class Service:
 
     async def command(self, name: str) -> Any:
         """Run a command (reload, restart, pause, resume, stop) inside the service task."""
-        if self._task is not None and self._task.done() and name not in ("stop", "detach"):
+        if self._task is not None and self._task.done():
+            # (nothing drains the inbox of an ended task: answer here, never wait)
+            if name == "detach":
+                return None  # nothing runs that could still use the target
+            if name == "stop":
+                return await self.stop()
             raise Refused(f"{self.name} is not running: {self.last_error or 'its task ended'}")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._post(_Command(name, future))

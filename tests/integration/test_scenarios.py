@@ -535,7 +535,7 @@ def test_symlinked_root_swapped(scenario: Start, backend: str, tmp_path: Path) -
     os.replace(tmp_path / "current.tmp", current)
     [line] = s.confirm(1)
     assert line.count >= 1
-    write(rel1 / "lib" / "util.py", "old release, not watched any more")
+    write(rel1 / "lib" / "only_in_old.py", "old release, not watched any more")
     write(rel2 / "lib" / "util.py", "v3")
     lines = s.wait_reloads(3)
     assert lines[2].paths == (str(current / "lib" / "util.py"),)
@@ -875,7 +875,9 @@ def test_watch_path_below_a_swapped_symlink(scenario: Start, backend: str, tmp_p
     (tmp_path / "current.tmp").symlink_to("releases/2")
     os.replace(tmp_path / "current.tmp", current)
     s.confirm(1)
-    write(rel1 / "lib" / "util.py", "old release, not watched any more")
+    # a name only the old release has: were it still watched, it would be reported (as
+    # current/lib/only_in_old.py) before or with the new release's change
+    write(rel1 / "lib" / "only_in_old.py", "old release, not watched any more")
     write(rel2 / "lib" / "util.py", "v3")
     lines = s.wait_reloads(3)
     assert lines[2].paths == (str(current / "lib" / "util.py"),)
@@ -899,7 +901,7 @@ def test_symlink_chain_middle_link_swapped(scenario: Start, backend: str, tmp_pa
     (tmp_path / "srv" / "current.tmp").symlink_to("releases/2")
     os.replace(tmp_path / "srv" / "current.tmp", current)
     s.confirm(1)
-    write(rel1 / "app.py", "old release, not watched any more")
+    write(rel1 / "only_in_old.py", "old release, not watched any more")  # (see above)
     write(rel2 / "app.py", "v3")
     lines = s.wait_reloads(3)
     assert lines[2].paths == (str(link / "app.py"),)

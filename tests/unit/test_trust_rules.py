@@ -256,3 +256,6 @@ def test_inbox_changes_merge_to_distinct_paths_with_a_cap(monkeypatch: pytest.Mo
     assert head.at == pytest.approx(1.0 + 9_999 / 1000)
     assert len(head.paths) == 100
     assert len(set(head.paths)) == 100
+    # an empty report (a read of temp files only) adds no item: it only asks for a look
+    assert head.merge(service._Change(30.0, []))
+    assert head.at == pytest.approx(1.0 + 9_999 / 1000)

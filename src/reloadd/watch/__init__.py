@@ -59,7 +59,6 @@ default executor's threads, and interpreter exit joins every executor's).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import ctypes
 import logging
 import os
@@ -229,26 +228,24 @@ def _look_key(root: str) -> tuple[str, str]:
     return ("statfs", _norm(root))
 
 
-def look_now(root: str, timeout: float | None = None) -> Look | None:
-    """``look(root)`` in a thread, waited for here (blocking) up to ``timeout``
-    (``PROBE_TIMEOUT``); None when it did not answer in time."""
+def look_now(root: str) -> Look | None:
+    """``look(root)`` in a thread, waited for here (blocking) up to ``PROBE_TIMEOUT``
+    after it started; None when it did not answer in time."""
     if stuck(_norm(root)):
         return None
     call = shared_call(_look_key(root), look, root)
-    wait = call.deadline(PROBE_TIMEOUT if timeout is None else timeout) - time.monotonic()
-    try:
-        result: Look = call.future.result(max(wait, 0.0))
-    except concurrent.futures.TimeoutError:
+    if not call.wait():
         return None
+    result: Look = call.future.result()
     return result
 
 
-async def look_async(root: str, timeout: float | None = None) -> Look | None:
+async def look_async(root: str) -> Look | None:
     """``look_now`` without blocking the loop."""
     if stuck(_norm(root)):
         return None
     call = shared_call(_look_key(root), look, root)
-    wait = call.deadline(PROBE_TIMEOUT if timeout is None else timeout) - time.monotonic()
+    wait = call.deadline(PROBE_TIMEOUT) - time.monotonic()
     if call.future.done():
         return call.future.result()  # type: ignore[no-any-return]
     waiter = asyncio.wrap_future(call.future)

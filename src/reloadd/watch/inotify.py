@@ -15,10 +15,12 @@ A ``Tree`` is one watch path of one service. Its invariants:
 - a directory moved out is unwatched with everything below it (otherwise its events
   would keep arriving from wherever it went); an emptied-and-removed one is dropped
   when the kernel says ``IN_IGNORED``;
-- the root itself is found through an *anchor*: the nearest existing ancestor of the
-  root (and of a symlinked root's target), watched without recursion. Any event there
-  re-evaluates the root — that is how a root that is created late, deleted and
-  recreated, or swapped (``current -> releases/42`` renamed over) is picked up;
+- the root itself is found through *anchors*, watched without recursion: the nearest
+  existing ancestor of the root, or, when symlinks lie on the way, the directory of each
+  of them (the root itself, an ancestor such as ``current``, a link in the middle of a
+  chain) and of the resolved path. An entry coming or going there re-evaluates the root
+  — that is how a root that is created late, deleted and recreated, or swapped
+  (``current -> releases/42`` renamed over) is picked up;
 - a root that is a single file is compared by its stat signature on each anchor event,
   so a Kubernetes ConfigMap's ``..data`` swap is seen through the symlinks;
 - ``IN_Q_OVERFLOW`` re-walks every tree without dropping live watches (dropping them
@@ -370,7 +372,7 @@ class Tree:
     _gone: set[str] = field(default_factory=set)  # born this read, and gone again
     _dirty: bool = False
     _warned: set[str] = field(default_factory=set)
-    # per anchor, the name there that leads to the root (or to its symlink's target)
+    # per anchor, the names there that lead to the root (a symlink on the way, the root)
     _names: dict[str, set[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
