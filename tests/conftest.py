@@ -97,6 +97,78 @@ def wait_for(
         delay = min(delay * 2, 0.05)
 
 
+# --------------------------------------------------------------------------- FUSE mounts
+
+FUSE_MAGIC = 0x65735546  # statfs f_type of every FUSE file system
+
+
+@dataclass
+class BindMount:
+    """A bindfs (FUSE) mount of ``backing`` on ``mount``, run by ``proc`` (bindfs -f).
+
+    ``stop()`` (SIGSTOP) makes every request to the mount wait for an answer that does
+    not come, exactly like a dead NFS server or a stuck sshfs; ``resume()`` continues it.
+    """
+
+    backing: Path
+    mount: Path
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+        wait_for(lambda: proc_state(self.proc.pid) == "T", what="bindfs stopped")
+
+    def resume(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+
+def proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@contextlib.contextmanager
+def bindfs_mount(backing: Path, mount: Path) -> Iterator[BindMount]:
+    """Mount ``backing`` (a directory) on ``mount`` (created) with bindfs; afterwards the
+    bindfs process is always continued, the mount lazily unmounted and bindfs ended.
+
+    Needs bindfs and FUSE (``apt-get install bindfs fuse3``; ``/dev/fuse``), and root.
+    """
+    from reloadd.watch import fs_type
+
+    bindfs = require_tool("bindfs", "bindfs fuse3")
+    require(os.path.exists("/dev/fuse"), "/dev/fuse (FUSE kernel support)")
+    require(os.geteuid() == 0, "root (to mount FUSE file systems)")
+    mount.mkdir(parents=True, exist_ok=True)
+    # -f: bindfs stays in the foreground, so its pid is this Popen's
+    proc = subprocess.Popen(
+        [bindfs, "-f", "--no-allow-other", str(backing), str(mount)],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    m = BindMount(backing, mount, proc)
+    try:
+        wait_for(
+            lambda: fs_type(str(mount)) == FUSE_MAGIC or proc.poll() is not None,
+            what="the bindfs mount",
+        )
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        yield m
+    finally:
+        m.resume()
+        umount = shutil.which("fusermount3") or shutil.which("fusermount")
+        argv = [umount, "-u", "-z", str(mount)] if umount else ["umount", "-l", str(mount)]
+        subprocess.run(argv, check=False, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(DEADLINE)  # bindfs exits once unmounted
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
 @dataclass
 class Recording:
     """The log a recorder process writes: ``<SIGNAME> <pid>`` per line."""

@@ -14,6 +14,8 @@ Used by config validation (``config.py``, no event loop) and by the watch paths
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -87,3 +89,108 @@ def stuck(path: str) -> bool:
     now = time.monotonic()
     with _calls_lock:
         return any(k[1] == path and now - c.started > PROBE_TIMEOUT for k, c in _calls.items())
+
+
+# -- /proc/self/mountinfo ------------------------------------------------------------------
+# The mount table, read without touching any mount: it answers even when a mount is hung
+# (statfs or stat of a path on it would wait for it).
+
+MOUNTINFO = "/proc/self/mountinfo"
+
+# File systems whose content inotify cannot (fully) see, by their mountinfo names: the
+# REMOTE_FS family of ``reloadd.watch`` (told there by statfs's f_type). Every ``fuse.*``
+# subtype (``fuse.sshfs``, ``fuse.bindfs``, ``fuse.rclone``...) counts as FUSE.
+REMOTE_MOUNT_TYPES = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "smb",
+        "smbfs",
+        "smb3",
+        "cifs",
+        "fuse",
+        "fuseblk",
+        "9p",
+        "virtiofs",
+        "vboxsf",
+        "prl_fs",
+        "vmhgfs",
+        "ceph",
+        "afs",
+        "lustre",
+        "gpfs",
+        "gfs2",
+        "ocfs2",
+        "beegfs",
+        "orangefs",
+        "pvfs2",
+        "coda",
+        "ncpfs",
+        "ncp",
+    }
+)
+
+
+class Mount(NamedTuple):
+    """One line of /proc/self/mountinfo: the device, the mount point, the type."""
+
+    dev: int  # st_dev of the files on it
+    point: str  # absolute, unescaped, as seen from this process's root
+    fstype: str  # "ext4", "nfs4", "fuse.sshfs", ...
+
+
+_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def unescape(field: bytes) -> bytes:
+    r"""A mountinfo path with the kernel's octal escapes (``\040`` space, ``\011`` tab,
+    ``\012`` newline, ``\134`` backslash) undone.
+
+    >>> unescape(rb"/mnt/my\040share")
+    b'/mnt/my share'
+    """
+    if b"\\" not in field:
+        return field
+    return _ESCAPE.sub(lambda m: bytes([int(m[1], 8) & 0xFF]), field)
+
+
+def parse_mountinfo(text: bytes) -> list[Mount]:
+    """The mounts in mountinfo ``text``; malformed lines are skipped."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        try:  # ID PARENT MAJOR:MINOR ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
+            kind = fields[fields.index(b"-", 6) + 1]
+            major, minor = fields[2].split(b":")
+            dev = os.makedev(int(major), int(minor))
+        except (ValueError, IndexError):
+            continue
+        point = os.fsdecode(unescape(fields[4]))
+        out.append(Mount(dev, point, kind.decode("ascii", "replace")))
+    return out
+
+
+def mounts() -> list[Mount]:
+    """This process's mounts, from /proc/self/mountinfo (never a stat or statfs of a
+    mount); nothing when it cannot be read."""
+    try:
+        with open(MOUNTINFO, "rb") as f:
+            text = f.read()
+    except OSError:
+        return []
+    return parse_mountinfo(text)
+
+
+def remote_type(fstype: str) -> bool:
+    """Whether a mountinfo type names a file system inotify cannot fully see."""
+    return fstype in REMOTE_MOUNT_TYPES or fstype.startswith("fuse.")
+
+
+def remote_mounts_below(base: str) -> dict[str, str]:
+    """The mount points strictly below the directory ``base`` (absolute, resolved) of
+    file systems inotify cannot fully see, and their types: ``{"/srv/app/uploads":
+    "nfs4"}``. Read from mountinfo, so a hung mount answers too."""
+    prefix = base.rstrip("/") + "/"
+    return {
+        m.point: m.fstype for m in mounts() if m.point.startswith(prefix) and remote_type(m.fstype)
+    }

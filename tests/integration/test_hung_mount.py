@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,11 +32,11 @@ from typing import Any
 import pytest
 from reloadd_testing import (
     DEADLINE,
+    BindMount,
     Recording,
     Reloadd,
+    bindfs_mount,
     recorder_command,
-    require,
-    require_tool,
     toml_value,
     until,
     wait_for,
@@ -49,7 +48,6 @@ from reloadd.watch import PROBE_TIMEOUT, WatchPath, fs_type, look_all
 from reloadd.watch.filters import PathFilter
 from reloadd.watch.inotify import Hub
 
-FUSE_MAGIC = 0x65735546
 REASON = f"statfs did not answer in {PROBE_TIMEOUT:g}s"
 # a stop must not wait for a look stuck in the hung mount: well under the fixture's 30 s
 STOP_WITHIN = 15.0
@@ -59,60 +57,25 @@ STOP_WITHIN = 15.0
 class HungMount:
     backing: Path
     mount: Path
-    proc: subprocess.Popen[bytes]
+    bind: BindMount
 
     @property
     def app(self) -> Path:
         return self.mount / "app"  # never looked up before the stop: no cached entry
 
     def resume(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
+        self.bind.resume()
 
 
 @pytest.fixture
 def hung(tmp_path: Path) -> Iterator[HungMount]:
     """A bindfs (FUSE) mount whose daemon is stopped: requests to it block until the
     teardown continues it (and unmounts it, and ends bindfs)."""
-    bindfs = require_tool("bindfs", "bindfs fuse3")
-    require(os.path.exists("/dev/fuse"), "/dev/fuse (FUSE kernel support)")
-    require(os.geteuid() == 0, "root (to mount FUSE file systems)")
     backing, mount = tmp_path / "backing", tmp_path / "mnt"
     write(backing / "app" / "app.py", "version = 1\n")
-    mount.mkdir()
-    # -f: bindfs stays in the foreground, so its pid is this Popen's
-    proc = subprocess.Popen(
-        [bindfs, "-f", "--no-allow-other", str(backing), str(mount)],
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    h = HungMount(backing, mount, proc)
-    try:
-        wait_for(
-            lambda: fs_type(str(mount)) == FUSE_MAGIC or proc.poll() is not None,
-            what="the bindfs mount",
-        )
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        proc.send_signal(signal.SIGSTOP)
-        wait_for(lambda: _proc_state(proc.pid) == "T", what="bindfs stopped")
-        yield h
-    finally:
-        h.resume()
-        umount = shutil.which("fusermount3") or shutil.which("fusermount")
-        argv = [umount, "-u", "-z", str(mount)] if umount else ["umount", "-l", str(mount)]
-        subprocess.run(argv, check=False, stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(DEADLINE)  # bindfs exits once unmounted
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
-
-
-def _proc_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
+    with bindfs_mount(backing, mount) as bind:
+        bind.stop()
+        yield HungMount(backing, mount, bind)
 
 
 def _answers(fn: Callable[[], object], within: float) -> bool:

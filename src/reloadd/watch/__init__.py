@@ -68,7 +68,7 @@ from typing import Any, NamedTuple
 
 from reloadd.probe import PROBE_TIMEOUT, shared_call, stuck
 from reloadd.watch.filters import PathFilter, display
-from reloadd.watch.inotify import Hub, Tree
+from reloadd.watch.inotify import LIMIT, Hub, Tree, polled_reason
 from reloadd.watch.poll import PollTree
 
 log = logging.getLogger("reloadd.watch")
@@ -285,7 +285,8 @@ class WatchPath:
     The surface the service uses: ``root``, ``state``, ``kind``, ``holding``,
     ``watch_count``, ``unwatched``, ``start()``, ``close()``, plus ``backend`` and
     ``reason`` for the status. ``primary`` is an inotify ``Tree`` or a ``PollTree``;
-    ``polled`` maps subtrees (relative to the root) that hit the inotify watch limit to
+    ``polled`` maps subtrees (relative to the root) that the inotify tree did not watch
+    (the watch limit ran out, or a network/FUSE mount point its walk does not enter) to
     the ``PollTree`` that covers them instead.
 
     While an ``auto`` path is waiting for its root, its file system is looked at again
@@ -407,15 +408,24 @@ class WatchPath:
         never waits for one: a large tree must not stall the loop). At once for a path
         whose file system did not answer: its first scan is stuck too."""
         while not self.unanswered:
-            trees = [self.primary, *self.polled.values()]
+            trees = [self.primary, *self._limit_subtrees()]
             for tree in trees:
                 if isinstance(tree, PollTree):
                     await tree.baseline()
-            if trees == [self.primary, *self.polled.values()]:
+            if trees == [self.primary, *self._limit_subtrees()]:
                 break  # nothing was added or switched meanwhile
         warning = self._limit_warning
         if warning is not None and not warning.done():
             await asyncio.wait([warning])  # logged before READY=1
+
+    def _limit_subtrees(self) -> list[PollTree]:
+        """The polled subtrees that hit the watch limit. Not the network mounts below
+        the root: one may hang, so their first scans are not waited for (a change made
+        meanwhile is still seen: the first scan does not swallow what it races)."""
+        tree = self.primary
+        if not isinstance(tree, Tree):
+            return list(self.polled.values())
+        return [sub for rel, sub in self.polled.items() if tree.unwatched.get(rel) == LIMIT]
 
     def close(self) -> None:
         self._closed = True
@@ -504,7 +514,8 @@ class WatchPath:
     # -- the watch-limit fallback -------------------------------------------------------
 
     def _on_limit(self, tree: Tree, rel: str) -> None:
-        """The inotify tree could not watch ``rel`` (ENOSPC): poll it, after the walk."""
+        """The inotify tree did not watch ``rel`` (ENOSPC, or a network mount point that
+        it does not enter): poll it, after the walk."""
         if self._starting or self._closed:
             return  # start() syncs when the first walk is done
         try:
@@ -519,21 +530,28 @@ class WatchPath:
         comes back, the inotify tree walks it again (and hands it back if still full)."""
         sub.close()
         self.polled.pop(sub.prefix, None)
-        if isinstance(self.primary, Tree) and self.primary.unwatched.get(sub.prefix) == (
-            "watch limit"
+        if isinstance(self.primary, Tree) and polled_reason(
+            self.primary.unwatched.get(sub.prefix, "")
         ):
             del self.primary.unwatched[sub.prefix]
         self._update_reason()
 
     def _update_reason(self) -> None:
-        if self.polled:
-            n = len(self.polled)
+        n = len(self._limit_subtrees())
+        m = len(self.polled) - n
+        mounts = f"{m} network mount{'s' if m != 1 else ''} polled"
+        if n:
             self.reason = f"fallback: watch limit ({n} subtree{'s' if n != 1 else ''} polled)"
+            if m:
+                self.reason += f"; {mounts}"
             return
         if self._limit_warned:
             self._limit_warned = False  # a new shortage warns again
-            log.info("%s: no subtree is polled any more; all on inotify", self.label)
-        self.reason = self._chosen
+            if m:
+                log.info("%s: no subtree is polled for the watch limit any more", self.label)
+            else:
+                log.info("%s: no subtree is polled any more; all on inotify", self.label)
+        self.reason = f"{self._chosen}; {mounts}" if m else self._chosen
 
     def _sync(self) -> None:
         """Make ``polled`` match the subtrees the inotify tree could not watch."""
@@ -544,7 +562,7 @@ class WatchPath:
         want = {
             rel
             for rel, why in tree.unwatched.items()
-            if why == "watch limit" and rel not in tree.dirs
+            if polled_reason(why) and rel not in tree.dirs
         }
         for rel in [r for r in self.polled if r not in want]:
             self.polled.pop(rel).close()
@@ -563,7 +581,18 @@ class WatchPath:
             self.polled[rel] = sub
             sub.start(report=not self._starting)
         self._update_reason()
-        if added and not self._limit_warned:
+        for rel in added:
+            why = tree.unwatched[rel]
+            if why != LIMIT:
+                log.info(
+                    "%s: %s is a %s: not walked by inotify (it may hang, and inotify does "
+                    "not see writes made elsewhere on it); polled every %gs instead",
+                    self.label,
+                    rel,
+                    why,
+                    self.poll_interval,
+                )
+        if any(tree.unwatched[rel] == LIMIT for rel in added) and not self._limit_warned:
             self._limit_warned = True
             self._warn_when_counted()
 
@@ -575,7 +604,7 @@ class WatchPath:
         except RuntimeError:
             self._warn_limit()
             return
-        subs = list(self.polled.values())
+        subs = self._limit_subtrees()
 
         async def counted() -> None:
             for sub in subs:
@@ -586,8 +615,9 @@ class WatchPath:
         self._limit_warning = loop.create_task(counted())
 
     def _warn_limit(self) -> None:
-        need = sum(max(t.dirs, 1) for t in self.polled.values())
-        n = len(self.polled)
+        subs = self._limit_subtrees()
+        need = sum(max(t.dirs, 1) for t in subs)
+        n = len(subs)
         sysctl, limit = (
             "fs.inotify.max_user_watches",
             _read_int("/proc/sys/fs/inotify/max_user_watches"),

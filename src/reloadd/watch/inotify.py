@@ -12,6 +12,9 @@ A ``Tree`` is one watch path of one service. Its invariants:
   relative to the root; a directory that appears (created, moved in, copied in) is
   watched *first* and listed *second*, and the files found in it are changes — files
   written before the watch existed are not lost;
+- a network or FUSE mount point below the root (found in ``/proc/self/mountinfo``, read
+  once per walk, never by a stat that a hung mount would block) is not entered: it is
+  handed to ``on_limit`` and polled, off the loop, as a watch-limit subtree is;
 - a directory moved out is unwatched with everything below it (otherwise its events
   would keep arriving from wherever it went); an emptied-and-removed one is dropped
   when the kernel says ``IN_IGNORED``;
@@ -47,6 +50,7 @@ from dataclasses import dataclass, field
 
 import inotify_simple
 
+from reloadd.probe import remote_mounts_below
 from reloadd.watch.filters import VCS_DIRS, PathFilter, display
 
 log = logging.getLogger("reloadd.watch")
@@ -104,6 +108,20 @@ Event = tuple[int, int, str]  # wd, mask, name (str as os.fsdecode gives it)
 Sink = Callable[["Tree", list[str]], None]
 Listing = tuple[list[str], list[str]]  # a directory's real subdirectories, its other entries
 _BORN_CAP = 10_000  # temp-file candidates remembered per read; past it, only the nicety is lost
+
+
+LIMIT = "watch limit"  # Tree.unwatched reason: inotify_add_watch said ENOSPC
+MOUNT = "network mount"  # ... a network/FUSE mount point: "network mount (nfs4)"
+
+
+def mount_reason(fstype: str) -> str:
+    """The ``Tree.unwatched`` reason for a mount point of type ``fstype`` (mountinfo's)."""
+    return f"{MOUNT} ({fstype})"
+
+
+def polled_reason(why: str) -> bool:
+    """Whether a ``Tree.unwatched`` reason is one its owner polls the subtree for."""
+    return why == LIMIT or why.startswith(MOUNT + " (")
 
 
 class WatchLimitError(OSError):
@@ -630,14 +648,26 @@ class Tree:
         """Watch ``top`` and every unpruned directory below it; list them after arming."""
         base = self._ident[1] if self._ident and self._ident[0] == "dir" else self.root
         assert isinstance(base, str)
+        # Network and FUSE mounts below the root are not entered (read once per walk from
+        # mountinfo, never by a stat that a hung mount would block): a walk on the loop
+        # must not meet a hung mount, and inotify does not see writes made elsewhere on
+        # one anyway. Each is handed to the owner to poll, as a watch-limit subtree is.
+        mounts = remote_mounts_below(base)
         stack = [top]
         while stack:
             rel = stack.pop()
             path = f"{base}/{rel}" if rel else base
+            if mounts and rel and path in mounts:
+                self.unwatched[rel] = mount_reason(mounts[path])
+                if self.on_limit is not None:
+                    self.on_limit(self, rel)  # polled instead, off the loop
+                else:
+                    self._warn_once(path, f"{display(path)} is a network mount: not watched")
+                continue
             try:
                 wd = self.hub.watch(Slot(self, "dir", rel), path, follow=rel == "")
             except WatchLimitError:
-                self.unwatched[rel] = "watch limit"
+                self.unwatched[rel] = LIMIT
                 if self.on_limit is not None:
                     self.on_limit(self, rel)  # polled instead; the owner warns
                     continue
@@ -654,6 +684,8 @@ class Tree:
                     self._warn_once(path, f"cannot watch {display(path)}: {exc.strerror}")
                 continue
             self.dirs[rel] = wd
+            if self.unwatched:
+                self.unwatched.pop(rel, None)  # watched now (the mount is gone, room again)
             prefix = f"{rel}/" if rel else ""
             subdirs, files = _listdir(path, self._warn_once, files=report)
             for name in subdirs:

@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from reloadd.probe import mounts
 from reloadd.watch.filters import VCS_DIRS, PathFilter, display
 
 log = logging.getLogger("reloadd.watch")
@@ -105,9 +106,7 @@ _SETTLED = 2_000_000_000
 # directory's ctime whenever an entry is created, removed or renamed in it, and shows it
 # to stat at once. Network and FUSE file systems are left out (times cached for seconds,
 # kept by a server or made up by a daemon): every scan reads their directories.
-_LISTING_FS = frozenset(
-    {b"ext2", b"ext3", b"ext4", b"xfs", b"btrfs", b"tmpfs", b"f2fs", b"zfs", b"overlay"}
-)
+_LISTING_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "overlay"})
 _VCS_LOCKS = (("index.lock", ".git"), ("wlock", ".hg"))
 _LONG = 4000  # bytes: paths this long are opened piecewise (PATH_MAX is 4096)
 
@@ -620,23 +619,7 @@ def _listing_devices() -> frozenset[int]:
     Read from /proc/self/mountinfo, which answers even when a mount is hung (statfs
     would wait for it). Nothing when it cannot be read: then every directory is read.
     """
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            text = f.read()
-    except OSError:
-        return frozenset()
-    out = set()
-    for line in text.splitlines():
-        fields = line.split()
-        try:  # ID PARENT MAJOR:MINOR ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
-            kind = fields[fields.index(b"-", 6) + 1]
-            major, minor = fields[2].split(b":")
-            dev = os.makedev(int(major), int(minor))
-        except (ValueError, IndexError):
-            continue
-        if kind in _LISTING_FS:
-            out.add(dev)
-    return frozenset(out)
+    return frozenset(m.dev for m in mounts() if m.fstype in _LISTING_FS)
 
 
 def _open_long(path: str) -> int:
