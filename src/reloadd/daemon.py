@@ -28,6 +28,7 @@ made during the re-read still earns its reload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -41,6 +42,7 @@ from reloadd.coalesce import Coalescer
 from reloadd.config import Config, ConfigError, DaemonConfig, ServiceSpec, load, trust_problems
 from reloadd.control import ControlServer
 from reloadd.notify import Notifier
+from reloadd.probe import call
 from reloadd.protocol import FAILED, REFUSED, CommandError
 from reloadd.service import Refused, Reload, Service
 from reloadd.target import DeliveryError
@@ -96,6 +98,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._config_trees: list[WatchPath] = []
         self._config_watched: tuple[bool, str] | None = None  # (watch_config, include)
+        self._config_reading = False  # a re-read is reading files, off the loop
         self._no_grace = False  # a second SIGINT: every supervised stop is a SIGKILL
         self._config_changes = Coalescer(CONFIG_DEBOUNCE, CONFIG_MAX_DELAY)
         self._config_timer: asyncio.TimerHandle | None = None
@@ -150,9 +153,16 @@ class Daemon:
             self._unwatch_config()  # and no config edit may start or change a service
             self.notifier.stopping()
             if self._reloading is not None and not self._reloading.done():
-                # let a re-read in progress finish: cancelled half-way it could leave a
-                # process that belongs to no service, and so is never stopped
-                await asyncio.shield(self._reloading)
+                if self._config_reading:
+                    # still reading the files (stuck there for ever, on a hung mount):
+                    # nothing of it is applied yet, so it is dropped
+                    self._reloading.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._reloading
+                else:
+                    # let a re-read that is applying finish: cancelled half-way it could
+                    # leave a process that belongs to no service, and so is never stopped
+                    await asyncio.shield(self._reloading)
             await self._stop_services(list(self.services.values()))
             return 0
         finally:
@@ -317,12 +327,17 @@ class Daemon:
             self._config_timer = None
         try:
             # Reading the files and checking their owners are blocking file-system calls
-            # (a large drop-in dir, a slow mount): they run off the loop.
+            # (a large drop-in dir, a tree walked for its owners, a mount that may hang
+            # for ever): they run off the loop, in daemon threads (probe.call: an
+            # executor's thread stuck in a hung mount would keep reloadd from exiting).
+            self._config_reading = True
             try:
-                new = await asyncio.to_thread(load, self.config.path)
+                new: Config = await asyncio.wrap_future(call(load, self.config.path).future)
+                problems = await asyncio.wrap_future(call(trust_problems, new).future)
             except ConfigError as exc:
                 return self._reject(str(exc))
-            problems = await asyncio.to_thread(trust_problems, new)
+            finally:
+                self._config_reading = False
             if problems:
                 return self._reject("\n".join([*problems, _TRUST_HINT]))
             try:

@@ -50,36 +50,46 @@ _calls: dict[tuple[str, str], Call] = {}  # the calls still running, by (what, p
 _calls_lock = threading.Lock()
 
 
-def shared_call(key: tuple[str, str], fn: Callable[..., Any], *args: Any) -> Call:
-    """``fn(*args)`` in a daemon thread of its own; while it runs, the same ``key`` gets
-    the same call (a path on a hung mount costs one stuck thread, not one per look).
+def call(fn: Callable[..., Any], *args: Any, name: str = "call") -> Call:
+    """``fn(*args)`` in a daemon thread of its own, started now.
 
     A daemon thread, not an executor's: a call stuck in a hung mount must not hold up
     exit. Waiters give up by their own deadline (``Call.deadline``, counted from when
-    the call started, so a call that has hung for long is not waited on again).
+    the call started, so a call that has hung for long is not waited on again), or wait
+    for it without one from the loop (``asyncio.wrap_future(call(...).future)``).
     """
-    with _calls_lock:
-        call = _calls.get(key)
-        if call is not None:
-            return call
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        future.set_running_or_notify_cancel()  # so no waiter can cancel it for the others
-        call = _calls[key] = Call(future, time.monotonic())
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()  # so no waiter can cancel it for the others
 
     def run() -> None:
         try:
             result = fn(*args)
         except BaseException as exc:  # handed to the waiters
-            with _calls_lock:
-                _calls.pop(key, None)
             future.set_exception(exc)
         else:
-            with _calls_lock:
-                _calls.pop(key, None)
             future.set_result(result)
 
-    threading.Thread(target=run, name=f"{key[0]} {key[1]}"[:60], daemon=True).start()
-    return call
+    threading.Thread(target=run, name=name[:60], daemon=True).start()
+    return Call(future, time.monotonic())
+
+
+def shared_call(key: tuple[str, str], fn: Callable[..., Any], *args: Any) -> Call:
+    """``call(fn, *args)``, except that while it runs the same ``key`` gets the same call
+    (a path on a hung mount costs one stuck thread, not one per look)."""
+    with _calls_lock:
+        running = _calls.get(key)
+        if running is not None:
+            return running
+
+        def forgotten_when_done() -> Any:
+            try:
+                return fn(*args)
+            finally:
+                with _calls_lock:
+                    _calls.pop(key, None)
+
+        started = _calls[key] = call(forgotten_when_done, name=f"{key[0]} {key[1]}")
+        return started
 
 
 def stuck(path: str) -> bool:

@@ -36,6 +36,7 @@ from reloadd_testing import (
     Recording,
     Reloadd,
     bindfs_mount,
+    gone,
     recorder_command,
     toml_value,
     until,
@@ -273,3 +274,42 @@ def test_config_validation_does_not_wait_twice_for_a_hung_path(
     started = time.monotonic()
     assert watch.look_now(str(hung.app)) is None
     assert time.monotonic() - started < 1.0
+
+
+def test_sigterm_during_a_reread_stuck_in_a_hung_mount_below_the_tree(
+    tmp_path: Path, start_reloadd: Callable[..., Reloadd]
+) -> None:
+    """Running as root, a re-read checks who can write a watched tree that commands run
+    over (config.root_over_writable_tree walks it), and that walk enters a FUSE mount
+    below the tree; with the mount hung it never returns. SIGTERM must still end reloadd
+    (the re-read is still reading, nothing of it applied: it is dropped) and stop the
+    supervised command."""
+    app = tmp_path / "app"
+    write(app / "app.py", "v = 0\n")
+    backing = tmp_path / "backing"
+    write(backing / "upload.bin", "x")
+    rec = Recording(tmp_path / "app.signals")
+    with bindfs_mount(backing, app / "uploads") as bind:
+        text = (
+            f"[daemon]\nsocket = {toml_value(str(tmp_path / 'control.sock'))}\n"
+            f"[services.app]\nwatch = [{toml_value(str(app))}]\n"
+            f"command = {toml_value(recorder_command(rec.path))}\n"
+        )
+        r = start_reloadd(text)
+        [pid] = wait_for(lambda: rec.ready_pids(), what="the command")
+        bind.stop()
+        seen = len(r.read_notify())
+        r.config.write_text(text + 'debounce = "50ms"\n')
+        r.proc.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: any("RELOADING=1" in m.split("\n") for m in r.read_notify()[seen:]),
+            what="the re-read to begin",
+        )
+        r.proc.send_signal(signal.SIGTERM)
+        try:
+            code = r.proc.wait(STOP_WITHIN)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"reloadd did not exit within {STOP_WITHIN}s of SIGTERM:\n{r.log()}")
+        assert code == 0, r.log()
+        assert "config reloaded" not in r.log()
+        wait_for(lambda: gone(pid), what="the command to be stopped")
