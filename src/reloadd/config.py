@@ -71,7 +71,7 @@ from signal import Signals
 from typing import Any, cast
 
 from reloadd import trust
-from reloadd.probe import PROBE_TIMEOUT, Call, shared_call
+from reloadd.probe import PROBE_TIMEOUT, Call, remote_mounts_below, shared_call
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -1391,7 +1391,16 @@ def root_over_writable_tree(spec: ServiceSpec, *, euid: int | None = None) -> st
     if not runs:
         return None
     for path in spec.watch:
-        why = _tree_writer(path)
+        try:
+            why = _tree_writer(path)
+        except _Unanswered as hung:
+            return (
+                f"runs {' and '.join(runs)} as root over {path}, but {hung} did not answer "
+                f"a stat in {PROBE_TIMEOUT:g}s (a hung mount?), so who can write it cannot "
+                f'be checked. Set user = "<the app\'s user>" to run '
+                f'{"them" if len(runs) > 1 else "it"} as that user, or user = "root" if '
+                "root is really meant"
+            )
         if why is not None:
             return (
                 f"runs {' and '.join(runs)} as root over {path}, but {why}: that user could "
@@ -1410,15 +1419,24 @@ def _root_runs(spec: ServiceSpec, *, euid: int | None = None) -> list[str]:
     return [k for k in _RUNNER_KEYS if getattr(spec, k) is not None]
 
 
+class _Unanswered(Exception):
+    """A network or FUSE mount below a watched tree did not answer (the message names it)."""
+
+
 def _tree_writer(path: str) -> str | None:
     """The first entry of the tree at ``path``, or on the way to it, that a non-root user
-    could change (described), or None."""
+    could change (described), or None. Raises ``_Unanswered`` for a network or FUSE mount
+    below it that does not answer a stat within PROBE_TIMEOUT: the walk would hang there
+    (a mount that hangs later, in the middle of the walk, can still stall it)."""
     found = trust.writers(path)
     if found.entries:
         return found.entries[0].describe()
     real = os.path.realpath(path)
     if not os.path.isdir(real):
         return None  # a file, or not there yet (then judged by who can create it, above)
+    for point, fstype in sorted(remote_mounts_below(real).items()):
+        if not shared_call(("stat", point), os.lstat, point).wait():
+            raise _Unanswered(f"{point} (a {fstype} mount below it)")
     for dirpath, dirnames, filenames in os.walk(real, onerror=None, followlinks=False):
         for name in (*dirnames, *filenames):
             entry_path = os.path.join(dirpath, name)

@@ -313,3 +313,36 @@ def test_sigterm_during_a_reread_stuck_in_a_hung_mount_below_the_tree(
         assert code == 0, r.log()
         assert "config reloaded" not in r.log()
         wait_for(lambda: gone(pid), what="the command to be stopped")
+
+
+def test_check_of_commands_over_a_tree_with_a_hung_mount_below(tmp_path: Path) -> None:
+    """As root, who can write a tree that commands run over is checked by walking it; a
+    FUSE mount below the tree that does not answer is not walked into (the check would
+    hang): the service is refused, naming the mount and the fix, within the deadline;
+    with ``user`` set the check is not made and the config is OK."""
+    app = tmp_path / "app"
+    write(app / "app.py", "v = 0\n")
+    backing = tmp_path / "backing"
+    write(backing / "upload.bin", "x")
+
+    def check(extra: str) -> subprocess.CompletedProcess[str]:
+        cfg = tmp_path / "check.toml"
+        cfg.write_text(
+            f'[services.app]\nwatch = [{toml_value(str(app))}]\ncommand = ["true"]\n{extra}'
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "reloadd", "-c", str(cfg), "--check"],
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE + PROBE_TIMEOUT,
+        )
+
+    with bindfs_mount(backing, app / "uploads") as bind:
+        bind.stop()
+        refused = check("")
+        assert refused.returncode == 1, refused
+        assert f"{app / 'uploads'} (a fuse" in refused.stderr, refused.stderr
+        assert "who can write it cannot be checked" in refused.stderr
+        assert 'user = "root"' in refused.stderr
+        ok = check('user = "root"\n')
+        assert ok.returncode == 0, ok
