@@ -1419,6 +1419,11 @@ def _root_runs(spec: ServiceSpec, *, euid: int | None = None) -> list[str]:
     return [k for k in _RUNNER_KEYS if getattr(spec, k) is not None]
 
 
+def _first_entry(path: str) -> None:
+    with os.scandir(path) as entries:
+        next(entries, None)
+
+
 class _Unanswered(Exception):
     """A network or FUSE mount below a watched tree did not answer (the message names it)."""
 
@@ -1435,7 +1440,9 @@ def _tree_writer(path: str) -> str | None:
     if not os.path.isdir(real):
         return None  # a file, or not there yet (then judged by who can create it, above)
     for point, fstype in sorted(remote_mounts_below(real).items()):
-        if not shared_call(("stat", point), os.lstat, point).wait():
+        # listed, not stat'ed: a stat can be answered from an attribute cache while the
+        # server is gone, and the walk below lists the directory
+        if not shared_call(("list", point), _first_entry, point).wait():
             raise _Unanswered(f"{point} (a {fstype} mount below it)")
     for dirpath, dirnames, filenames in os.walk(real, onerror=None, followlinks=False):
         for name in (*dirnames, *filenames):

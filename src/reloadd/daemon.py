@@ -28,7 +28,6 @@ made during the re-read still earns its reload.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -157,8 +156,7 @@ class Daemon:
                     # still reading the files (stuck there for ever, on a hung mount):
                     # nothing of it is applied yet, so it is dropped
                     self._reloading.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await self._reloading
+                    await asyncio.wait([self._reloading])
                 else:
                     # let a re-read that is applying finish: cancelled half-way it could
                     # leave a process that belongs to no service, and so is never stopped
@@ -313,8 +311,8 @@ class Daemon:
         while True:
             self._reload_again = False
             result = await self._reload_once()
-            if not self._reload_again:
-                return result
+            if not self._reload_again or self._stop.is_set():
+                return result  # (no new read once stopping: nothing may start any more)
 
     async def _reload_once(self) -> tuple[bool, str]:
         self.notifier.reloading()
@@ -353,7 +351,8 @@ class Daemon:
             return True, summary
         finally:
             self._update_status()
-            self.notifier.ready()
+            if not self._stop.is_set():  # (after STOPPING=1, READY=1 would mislead systemd)
+                self.notifier.ready()
 
     def _reject(self, error: str) -> tuple[bool, str]:
         self.config_error = error

@@ -137,6 +137,9 @@ REMOTE_MOUNT_TYPES = frozenset(
         "coda",
         "ncpfs",
         "ncp",
+        # an automount point (systemd x-systemd.automount, autofs maps), not yet mounted:
+        # the first look into it mounts what is behind it, usually a network share
+        "autofs",
     }
 )
 
@@ -167,8 +170,9 @@ def unescape(field: bytes) -> bytes:
 def parse_mountinfo(text: bytes) -> list[Mount]:
     """The mounts in mountinfo ``text``; malformed lines are skipped."""
     out = []
-    for line in text.splitlines():
-        fields = line.split()
+    # the kernel escapes only space, tab, newline and backslash (as \ooo): split on those
+    for line in text.split(b"\n"):
+        fields = line.split(b" ")
         try:  # ID PARENT MAJOR:MINOR ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
             kind = fields[fields.index(b"-", 6) + 1]
             major, minor = fields[2].split(b":")

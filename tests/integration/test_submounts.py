@@ -192,7 +192,10 @@ _MOUNTINFO = rb"""22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 33 22 0:43 / /srv/app-other/x rw - nfs srv:/b rw
 34 22 0:44 / /srv/app/a\134b rw master:7 - cifs //h/s rw
 garbage line
-"""
+""" + (
+    b"35 22 0:45 / /srv/app/c\rd rw - nfs4 srv:/c rw\n"  # a real CR: the kernel leaves it
+    b"36 22 0:46 / /srv/app/auto rw - autofs systemd-1 rw,fd=40\n"
+)
 
 
 def test_mountinfo_is_parsed_and_unescaped() -> None:
@@ -204,6 +207,8 @@ def test_mountinfo_is_parsed_and_unescaped() -> None:
         "/srv/app/tmp",
         "/srv/app-other/x",
         "/srv/app/a\\b",
+        "/srv/app/c\rd",  # the kernel does not escape \r: not a line break
+        "/srv/app/auto",
     ]
     assert mounts[1].fstype == "nfs4"
     assert mounts[1].dev == os.makedev(0, 40)
@@ -216,6 +221,8 @@ def test_remote_mounts_below_a_root(monkeypatch: pytest.MonkeyPatch) -> None:
         "/srv/app/up loads": "nfs4",
         "/srv/app/sftp": "fuse.sshfs",
         "/srv/app/a\\b": "cifs",
+        "/srv/app/c\rd": "nfs4",
+        "/srv/app/auto": "autofs",  # an automount point: looking into it mounts a share
     }  # not tmpfs (local), not /srv/app-other (beside, not below)
     assert probe.remote_mounts_below("/srv/app/sftp") == {}  # the root itself: not below
     assert probe.remote_mounts_below("/") == {
@@ -223,4 +230,6 @@ def test_remote_mounts_below_a_root(monkeypatch: pytest.MonkeyPatch) -> None:
         "/srv/app/sftp": "fuse.sshfs",
         "/srv/app-other/x": "nfs",
         "/srv/app/a\\b": "cifs",
+        "/srv/app/c\rd": "nfs4",
+        "/srv/app/auto": "autofs",
     }

@@ -708,8 +708,7 @@ class WatchPath:
             self._switch(backend, reason, exists)
         elif exists and isinstance(self.primary, Tree):
             self._chosen = reason
-            if not self.polled:
-                self.reason = reason
+            self._update_reason()
             self.primary.rescan()  # it appeared without an event (a mount): look now
             self.primary.flush()
         elif was_unanswered:
