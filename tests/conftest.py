@@ -226,6 +226,16 @@ def app(tmp_path: Path) -> Path:
     return root
 
 
+def run_reloadctl(
+    sock: Path, *args: str, timeout: float = DEADLINE
+) -> subprocess.CompletedProcess[str]:
+    """``reloadctl --socket SOCK ARGS...`` in a process of its own (its output captured)."""
+    argv = [sys.executable, "-c", "import sys; from reloadd.ctl import main; sys.exit(main())"]
+    return subprocess.run(
+        [*argv, "--socket", str(sock), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
 def toml_value(value: object) -> str:
     """A str, path, number, bool or list of those as TOML (JSON strings are TOML strings)."""
     if isinstance(value, bool):
@@ -333,6 +343,15 @@ class Reloadd:
             if parsed is not None and (service is None or parsed.service == service):
                 out.append(parsed)
         return out
+
+    def terminate(self, within: float) -> int:
+        """SIGTERM, and its exit code; fails the test (with the log) if it takes longer
+        than ``within`` seconds."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(within)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"reloadd did not exit within {within:g}s of SIGTERM:\n{self.log()}")
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:

@@ -38,6 +38,7 @@ from reloadd_testing import (
     bindfs_mount,
     gone,
     recorder_command,
+    run_reloadctl,
     toml_value,
     until,
     wait_for,
@@ -145,13 +146,7 @@ def test_watch_path_on_a_hung_mount_polls_and_recovers(hung: HungMount) -> None:
 
 
 def _ctl(sock: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-c", "import sys; from reloadd.ctl import main; sys.exit(main())"]
-    return subprocess.run(
-        [*argv, "--socket", str(sock), *args],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE + PROBE_TIMEOUT,
-    )
+    return run_reloadctl(sock, *args, timeout=DEADLINE + PROBE_TIMEOUT)
 
 
 def _status(sock: Path) -> dict[str, Any]:
@@ -221,12 +216,7 @@ def test_reloadd_on_a_hung_mount_starts_reloads_others_and_stops(
     # still hung: SIGTERM ends reloadd, without waiting for the stuck threads
     assert not _answers(lambda: fs_type(str(hung.mount)), 0.2)
     stopping = time.monotonic()
-    r.proc.send_signal(signal.SIGTERM)
-    try:
-        code = r.proc.wait(STOP_WITHIN)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"reloadd did not exit within {STOP_WITHIN}s of SIGTERM:\n{r.log()}")
-    assert code == 0, r.log()
+    assert r.terminate(within=STOP_WITHIN) == 0, r.log()
     assert time.monotonic() - stopping < STOP_WITHIN
 
 
@@ -305,12 +295,7 @@ def test_sigterm_during_a_reread_stuck_in_a_hung_mount_below_the_tree(
             lambda: any("RELOADING=1" in m.split("\n") for m in r.read_notify()[seen:]),
             what="the re-read to begin",
         )
-        r.proc.send_signal(signal.SIGTERM)
-        try:
-            code = r.proc.wait(STOP_WITHIN)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"reloadd did not exit within {STOP_WITHIN}s of SIGTERM:\n{r.log()}")
-        assert code == 0, r.log()
+        assert r.terminate(within=STOP_WITHIN) == 0, r.log()
         assert "config reloaded" not in r.log()
         wait_for(lambda: gone(pid), what="the command to be stopped")
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +33,7 @@ from reloadd_testing import (
     bindfs_mount,
     proc_state,
     recorder_command,
+    run_reloadctl,
     toml_value,
     wait_for,
     write,
@@ -89,13 +88,7 @@ def _config(tmp_path: Path, tree: Path, rec: Recording) -> str:  # tree: the wat
 
 
 def _ctl(sock: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-c", "import sys; from reloadd.ctl import main; sys.exit(main())"]
-    return subprocess.run(
-        [*argv, "--socket", str(sock), *args],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE + PROBE_TIMEOUT,
-    )
+    return run_reloadctl(sock, *args, timeout=DEADLINE + PROBE_TIMEOUT)
 
 
 def _site(sock: Path) -> dict[str, Any]:
@@ -155,12 +148,7 @@ def test_a_hung_mount_inside_the_tree_is_polled_not_walked(
     rec.wait_count(2)
 
     assert proc_state(uploads.proc.pid) == "T"  # still stopped: the mount is still hung
-    r.proc.send_signal(signal.SIGTERM)
-    try:
-        code = r.proc.wait(STOP_WITHIN)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"reloadd did not exit within {STOP_WITHIN}s of SIGTERM:\n{r.log()}")
-    assert code == 0, r.log()
+    assert r.terminate(within=STOP_WITHIN) == 0, r.log()
 
 
 def test_a_write_into_the_mount_is_seen_by_its_poll(
