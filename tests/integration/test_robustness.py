@@ -274,7 +274,8 @@ def test_a_reread_asked_for_during_start_up_waits_for_it(tmp_path, monkeypatch):
             assert (applied, summary) == (True, "1 added, 0 changed, 0 removed")
             assert d.ready.is_set()
             assert sorted(d.services) == ["a", "b"]
-            await until(lambda: Recording(logs["b"]).ready_pids(), "b's command")
+            for name, log in logs.items():  # both recorders up before the stop
+                await until(lambda log=log: Recording(log).ready_pids(), f"{name}'s command")
         finally:
             d.shutdown()
             await asyncio.wait_for(task, 60)
