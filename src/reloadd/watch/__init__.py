@@ -68,7 +68,7 @@ from typing import Any, NamedTuple
 
 from reloadd.probe import PROBE_TIMEOUT, shared_call, stuck
 from reloadd.watch.filters import PathFilter, display
-from reloadd.watch.inotify import LIMIT, Hub, Tree, polled_reason
+from reloadd.watch.inotify import LIMIT, MOUNT, Hub, Tree, polled_reason
 from reloadd.watch.poll import PollTree
 
 log = logging.getLogger("reloadd.watch")
@@ -507,9 +507,18 @@ class WatchPath:
     def _on_poll(self, tree: PollTree, paths: list[str]) -> None:
         if tree is self.primary:
             self._arm_recheck()
-        elif tree.kind == "" and not tree.pending:
+        elif tree.kind == "" and not tree.pending and not self._is_mount(tree):
             self._drop_gone(tree)
         self.sink(self, paths)
+
+    def _is_mount(self, sub: PollTree) -> bool:
+        """Whether a polled subtree is a network mount point. One that stops answering
+        (a FUSE daemon gone: ENOTCONN; a rebooting NFS server: ESTALE, EIO) is still
+        mounted: it stays polled, and reports its files again when it answers. Its
+        unmount is a change of the mount table, which the hub follows."""
+        return isinstance(self.primary, Tree) and self.primary.unwatched.get(
+            sub.prefix, ""
+        ).startswith(MOUNT)
 
     # -- the watch-limit fallback -------------------------------------------------------
 

@@ -15,6 +15,9 @@ A ``Tree`` is one watch path of one service. Its invariants:
 - a network or FUSE mount point below the root (found in ``/proc/self/mountinfo``, read
   once per walk, never by a stat that a hung mount would block) is not entered: it is
   handed to ``on_limit`` and polled, off the loop, as a watch-limit subtree is;
+- a mount or unmount at or below the root (which inotify does not report: the hub
+  follows the mount table by ``POLLPRI`` on mountinfo) walks that directory again, or
+  re-evaluates the root when it is at or above it, and is a change;
 - a directory moved out is unwatched with everything below it (otherwise its events
   would keep arriving from wherever it went); an emptied-and-removed one is dropped
   when the kernel says ``IN_IGNORED``;
@@ -41,6 +44,7 @@ import asyncio
 import errno
 import logging
 import os
+import select
 import stat
 import struct
 import sys
@@ -50,7 +54,7 @@ from dataclasses import dataclass, field
 
 import inotify_simple
 
-from reloadd.probe import remote_mounts_below
+from reloadd.probe import MOUNTINFO, Mount, mounts, remote_mounts_below
 from reloadd.watch.filters import VCS_DIRS, PathFilter, display
 
 log = logging.getLogger("reloadd.watch")
@@ -160,8 +164,54 @@ class Hub:
         self._view = memoryview(self._buffer)
         self.reading = False
         self.loop = loop
+        self._mount_table: set[Mount] = set()
+        self._mount_epoll: select.epoll | None = None
+        self._mountinfo: int = -1
         if loop is not None and self.inotify is not None:
             loop.add_reader(self.fd, self.read)
+            self._watch_mounts(loop)
+
+    def _watch_mounts(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Follow the mount table. inotify reports nothing when a file system is mounted
+        on (or unmounted from) a watched directory: its watch stays on the directory
+        underneath, blind to the new contents. The kernel flags an open mountinfo with
+        POLLPRI on every change of the table (proc(5)); epoll is asked for that alone
+        (mountinfo is always readable), and its fd is read from the loop."""
+        try:
+            self._mountinfo = os.open(MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
+            self._mount_epoll = select.epoll()
+            self._mount_epoll.register(self._mountinfo, select.EPOLLPRI)
+        except OSError as exc:
+            log.info(
+                "cannot follow the mount table (%s): mounts made below a watch path "
+                "after its walk are seen only when it is walked again",
+                exc.strerror,
+            )
+            self._close_mounts()
+            return
+        self._mount_table = set(mounts())
+        loop.add_reader(self._mount_epoll.fileno(), self._on_mounts)
+
+    def _on_mounts(self) -> None:
+        assert self._mount_epoll is not None
+        self._mount_epoll.poll(0)  # taken: the next change flags the file again
+        table = set(mounts())
+        changed = {m.point for m in table ^ self._mount_table}
+        self._mount_table = table
+        if not changed:
+            return
+        for tree in list(self.trees):
+            tree.mounts_changed(changed)
+
+    def _close_mounts(self) -> None:
+        if self._mount_epoll is not None:
+            if self.loop is not None:
+                self.loop.remove_reader(self._mount_epoll.fileno())
+            self._mount_epoll.close()
+            self._mount_epoll = None
+        if self._mountinfo >= 0:
+            os.close(self._mountinfo)
+            self._mountinfo = -1
 
     @property
     def watch_count(self) -> int:
@@ -176,6 +226,7 @@ class Hub:
     def close(self) -> None:
         if self.inotify is None:
             return
+        self._close_mounts()
         if self.loop is not None:
             self.loop.remove_reader(self.fd)
         self.inotify.close()
@@ -439,6 +490,37 @@ class Tree:
         self._reevaluate(report=True)
         self._pending.append(self.root)
         self._dirty = True
+
+    def mounts_changed(self, points: set[str]) -> None:
+        """File systems were mounted or unmounted at ``points``: walk again (and report)
+        what is now seen there; at or above the root, find out what the root is now."""
+        if self.state != "watching" or self.kind != "dir":
+            return  # a root still missing, or a file: its anchors look again on events
+        base = self._ident[1] if self._ident else self.root
+        assert isinstance(base, str)
+        prefix = base.rstrip("/") + "/"
+        if any(base == p or base.startswith(p.rstrip("/") + "/") for p in points):
+            self._reevaluate(report=True)  # the root's (dev, ino) tells whether it changed
+        else:
+            tops = sorted(p[len(prefix) :] for p in points if p.startswith(prefix))
+            for rel in tops:
+                parent = rel.rpartition("/")[0]
+                if parent not in self.dirs or rel.startswith(tuple(f"{t}/" for t in tops)):
+                    continue  # not in the walked tree, or inside a mount walked just now
+                self._drop(rel)
+                for gone in [r for r in self.unwatched if r == rel or r.startswith(rel + "/")]:
+                    del self.unwatched[gone]
+                name = rel.rpartition("/")[2]
+                if name in VCS_DIRS:
+                    self._watch_vcs(rel)
+                elif not self.filter.prune_child(parent, name):
+                    self._walk(rel, report=True)
+                    if rel not in self.unwatched:
+                        # what was seen there before is gone (an unmount shows what it
+                        # hid); a network mount is polled instead, and its poll reports
+                        self._pending.append(self._full(rel))
+                        self._dirty = True
+        self.flush()
 
     def flush(self) -> None:
         """Report what this read changed (once per read, for every tree it touched)."""
