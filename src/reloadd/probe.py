@@ -18,7 +18,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 # How long a statfs/stat of a watch path may take before its mount is taken for hung
@@ -200,11 +200,13 @@ def remote_type(fstype: str) -> bool:
     return fstype in REMOTE_MOUNT_TYPES or fstype.startswith("fuse.")
 
 
-def remote_mounts_below(base: str) -> dict[str, str]:
+def remote_mounts_below(base: str, table: Iterable[Mount] | None = None) -> dict[str, str]:
     """The mount points strictly below the directory ``base`` (absolute, resolved) of
     file systems inotify cannot fully see, and their types: ``{"/srv/app/uploads":
-    "nfs4"}``. Read from mountinfo, so a hung mount answers too."""
+    "nfs4"}``. From ``table``, else read from mountinfo: a hung mount answers too."""
     prefix = base.rstrip("/") + "/"
     return {
-        m.point: m.fstype for m in mounts() if m.point.startswith(prefix) and remote_type(m.fstype)
+        m.point: m.fstype
+        for m in (mounts() if table is None else table)
+        if m.point.startswith(prefix) and remote_type(m.fstype)
     }

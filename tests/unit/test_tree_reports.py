@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,3 +89,33 @@ def test_a_file_created_removed_and_created_again_in_one_read_is_a_change(
     new.unlink()
     new.write_text("2\n")
     assert watched.read() == [str(new)]
+
+
+def test_new_directories_are_walked_without_reading_the_mount_table_each_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every walk asks which network mounts lie below it. With a loop, the hub keeps the
+    mount table and reads /proc/self/mountinfo again only when the kernel flags a
+    change (on a host with thousands of mounts, a read per new directory would cost a
+    git checkout seconds). A spy counts the reads; the walks are real."""
+    from reloadd import probe
+    from reloadd.watch import inotify
+
+    reads: list[int] = []
+    real = probe.mounts
+    for module in (probe, inotify):
+        monkeypatch.setattr(module, "mounts", lambda: reads.append(1) or real())
+    loop = asyncio.new_event_loop()  # not run: the hub only needs one to follow mounts
+    hub = Hub(loop)
+    tree = Tree(hub, str(tmp_path), PathFilter(), lambda tree, paths: None)
+    try:
+        tree.start()
+        for i in range(30):
+            (tmp_path / f"d{i}" / "sub").mkdir(parents=True)
+        hub.read()
+        assert {f"d{i}/sub" for i in range(30)} <= tree.dirs.keys()  # all 60 walked
+        assert len(reads) < 5  # the hub's first read (and any mount made meanwhile)
+    finally:
+        tree.close()
+        hub.close()
+        loop.close()

@@ -12,8 +12,8 @@ A ``Tree`` is one watch path of one service. Its invariants:
   relative to the root; a directory that appears (created, moved in, copied in) is
   watched *first* and listed *second*, and the files found in it are changes — files
   written before the watch existed are not lost;
-- a network or FUSE mount point below the root (found in ``/proc/self/mountinfo``, read
-  once per walk, never by a stat that a hung mount would block) is not entered: it is
+- a network or FUSE mount point below the root (found in ``/proc/self/mountinfo``, by
+  the hub's copy, never by a stat that a hung mount would block) is not entered: it is
   handed to ``on_limit`` and polled, off the loop, as a watch-limit subtree is;
 - a mount or unmount at or below the root (which inotify does not report: the hub
   follows the mount table by ``POLLPRI`` on mountinfo) walks that directory again, or
@@ -164,9 +164,12 @@ class Hub:
         self._view = memoryview(self._buffer)
         self.reading = False
         self.loop = loop
-        self._mount_table: set[Mount] = set()
+        # the mount table as last read (walks use it), and as the trees were last told
+        self._mounts_now: list[Mount] = []
+        self._mounts_told: set[Mount] = set()
         self._mount_epoll: select.epoll | None = None
-        self._mountinfo: int = -1
+        self._mountinfo = -1
+        self._telling: asyncio.Handle | None = None
         if loop is not None and self.inotify is not None:
             loop.add_reader(self.fd, self.read)
             self._watch_mounts(loop)
@@ -189,21 +192,46 @@ class Hub:
             )
             self._close_mounts()
             return
-        self._mount_table = set(mounts())
+        self._mounts_now = mounts()
+        self._mounts_told = set(self._mounts_now)
         loop.add_reader(self._mount_epoll.fileno(), self._on_mounts)
 
     def _on_mounts(self) -> None:
+        # The loop's own epoll, checking ours, has already taken the kernel's flag (the
+        # check polls mountinfo, which clears it): read again whatever poll(0) says.
         assert self._mount_epoll is not None
-        self._mount_epoll.poll(0)  # taken: the next change flags the file again
-        table = set(mounts())
-        changed = {m.point for m in table ^ self._mount_table}
-        self._mount_table = table
-        if not changed:
-            return
-        for tree in list(self.trees):
-            tree.mounts_changed(changed)
+        self._mount_epoll.poll(0)
+        self._reread_mounts()
+
+    def mount_table(self) -> list[Mount]:
+        """The mounts now, read again only when the table changed since the last read
+        (a walk of every new directory asks: reading mountinfo each time would cost a
+        millisecond or more on a host with thousands of mounts). The trees are told of
+        a change from the loop, never in the middle of a walk."""
+        if self._mount_epoll is None:
+            return mounts()
+        if self._mount_epoll.poll(0):  # takes the flag: the next change sets it again
+            self._reread_mounts()
+        return self._mounts_now
+
+    def _reread_mounts(self) -> None:
+        self._mounts_now = mounts()
+        if self._telling is None and self.loop is not None:
+            self._telling = self.loop.call_soon(self._tell_trees)
+
+    def _tell_trees(self) -> None:
+        self._telling = None
+        table = set(self._mounts_now)
+        changed = {m.point for m in table ^ self._mounts_told}
+        self._mounts_told = table
+        if changed:
+            for tree in list(self.trees):
+                tree.mounts_changed(changed)
 
     def _close_mounts(self) -> None:
+        if self._telling is not None:
+            self._telling.cancel()
+            self._telling = None
         if self._mount_epoll is not None:
             if self.loop is not None:
                 self.loop.remove_reader(self._mount_epoll.fileno())
@@ -730,11 +758,11 @@ class Tree:
         """Watch ``top`` and every unpruned directory below it; list them after arming."""
         base = self._ident[1] if self._ident and self._ident[0] == "dir" else self.root
         assert isinstance(base, str)
-        # Network and FUSE mounts below the root are not entered (read once per walk from
-        # mountinfo, never by a stat that a hung mount would block): a walk on the loop
+        # Network and FUSE mounts below the root are not entered (told by the mount table
+        # from mountinfo, never by a stat that a hung mount would block): a walk on the loop
         # must not meet a hung mount, and inotify does not see writes made elsewhere on
         # one anyway. Each is handed to the owner to poll, as a watch-limit subtree is.
-        mounts = remote_mounts_below(base)
+        mounts = remote_mounts_below(base, self.hub.mount_table())
         stack = [top]
         while stack:
             rel = stack.pop()
