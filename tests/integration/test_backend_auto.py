@@ -239,6 +239,44 @@ def test_late_local_mount_is_found_without_an_event(tmp_path: Path) -> None:
             subprocess.run(["umount", str(mount)], check=True)
 
 
+def test_a_root_swapped_onto_fuse_switches_to_poll(tmp_path: Path) -> None:
+    """``current -> releases/a`` (local: inotify) is swapped to ``releases/b``, a FUSE
+    mount (a release on NFS): the root is on another device now, so its file system is
+    looked at again at once, poll is chosen, and a write into the backing directory
+    (which inotify on the mount would never see) is reported."""
+    release_a, backing, release_b = tmp_path / "a", tmp_path / "backing", tmp_path / "b"
+    write(release_a / "app.py", "version = 1\n")
+    write(backing / "app.py", "version = 2\n")
+    release_b.mkdir()
+    current = tmp_path / "current"
+    current.symlink_to(release_a)
+    reports: list[list[str]] = []
+
+    async def main() -> None:
+        hub = Hub(asyncio.get_running_loop())
+        path = WatchPath(
+            hub, str(current), PathFilter(), lambda t, p: reports.append(p), poll_interval=0.02
+        )
+        try:
+            path.start()
+            assert (path.backend, path.state) == ("inotify", "watching")
+            with bindfs_mount(backing, release_b):
+                (tmp_path / "current.new").symlink_to(release_b)
+                os.replace(tmp_path / "current.new", current)  # the atomic swap
+                await until(lambda: path.backend == "poll", "the switch to poll")
+                assert path.reason == "auto: fuse"
+                reports.clear()
+                write(backing / "new.py", "x = 1\n")
+                new = str(current / "new.py")
+                await until(lambda: any(new in r for r in reports), "the write")
+                path.close()  # before the unmount: no scan of a vanishing mount
+        finally:
+            path.close()
+            hub.close()
+
+    asyncio.run(main())
+
+
 # -- the environment -------------------------------------------------------------------------
 
 

@@ -59,6 +59,7 @@ default executor's threads, and interpreter exit joins every executor's).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -327,6 +328,8 @@ class WatchPath:
         self._limit_warning: asyncio.Task[None] | None = None  # waits for the counts
         self._limit_warned = False
         self._closed = False
+        self._device: int | None = None  # the root's device when its backend was chosen
+        self._moved = False  # the root is on another device now: look at it again
 
     # -- the surface ------------------------------------------------------------------
 
@@ -401,6 +404,7 @@ class WatchPath:
             self._sync()
         finally:
             self._starting = False
+        self._device = self._root_device()
         self._arm_recheck()
 
     async def baseline(self) -> None:
@@ -501,8 +505,27 @@ class WatchPath:
 
     def _on_inotify(self, tree: Tree, paths: list[str]) -> None:
         self._sync()
+        self._check_device()
         self._arm_recheck()
         self.sink(self, paths)
+
+    def _root_device(self) -> int | None:
+        return self.primary.device if isinstance(self.primary, Tree) else None
+
+    def _check_device(self) -> None:
+        """The root found on another device (``current`` swapped to a release on NFS, a
+        file system mounted over it): for ``auto``, look at its file system again, now,
+        off the loop: it may call for the other backend."""
+        device = self._root_device()
+        if self.configured != "auto" or device is None or device == self._device:
+            return
+        self._device, self._moved = device, True
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
+        if self._rechecking is None and not self._closed:
+            with contextlib.suppress(RuntimeError):  # no loop: looked at when built only
+                self._recheck = asyncio.get_running_loop().call_later(0, self._on_recheck)
 
     def _on_poll(self, tree: PollTree, paths: list[str]) -> None:
         if tree is self.primary:
@@ -659,7 +682,7 @@ class WatchPath:
     def _wants_look(self) -> bool:
         if self.unanswered:
             return True  # until it answers
-        return self.configured == "auto" and self.primary.state == "waiting"
+        return self.configured == "auto" and (self.primary.state == "waiting" or self._moved)
 
     def _arm_recheck(self) -> None:
         if self._closed or self._recheck is not None or self._rechecking is not None:
@@ -704,6 +727,7 @@ class WatchPath:
 
     def _apply_recheck(self, magic: int | None, exists: bool) -> None:
         was_unanswered, self.unanswered = self.unanswered, False
+        moved, self._moved = self._moved, False
         backend, reason = self._decide(magic)
         if was_unanswered:
             log.info("%s: statfs answers again (%s)", self.label, reason)
@@ -715,6 +739,9 @@ class WatchPath:
                 backend,
             )
             self._switch(backend, reason, exists)
+        elif moved:
+            self._chosen = reason  # followed and reported already: only the reason
+            self._update_reason()
         elif exists and isinstance(self.primary, Tree):
             self._chosen = reason
             self._update_reason()
@@ -736,6 +763,7 @@ class WatchPath:
             self.primary.start(report=True)  # content found now is a change
         else:
             self.primary.start()
+            self._device = self._root_device()
             if exists:
                 self.sink(self, [self.root])  # the root appeared: its content is new
             self._sync()
