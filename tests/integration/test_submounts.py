@@ -171,6 +171,22 @@ def test_a_write_into_the_mount_is_seen_by_its_poll(
     assert r.reloads("site")[1].paths == (str(tree / "app.py"),), r.log()
 
 
+def test_a_hung_mount_on_a_vcs_directory_is_not_touched(
+    tmp_path: Path, tree: Path, start_reloadd: Callable[..., Reloadd]
+) -> None:
+    """A ``.git`` is watched (not walked) for its lock files: were it a hung mount, that
+    watch and the look for ``index.lock`` would freeze the loop at start-up. It is left
+    alone (only the VCS-lock hold is lost for it): READY=1 comes and writes reload."""
+    backing = tmp_path / "backing"
+    write(backing / "HEAD", "ref: refs/heads/main\n")
+    with bindfs_mount(backing, tree / ".git") as git:
+        git.stop()
+        r, rec = _started(tmp_path, tree, start_reloadd)
+        write(tree / "app.py", "v = 1\n")
+        rec.wait_count(1)
+        assert r.terminate(within=STOP_WITHIN) == 0, r.log()
+
+
 # --------------------------------------------------------------- the mountinfo parser
 
 _MOUNTINFO = rb"""22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw

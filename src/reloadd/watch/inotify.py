@@ -820,6 +820,8 @@ class Tree:
     def _watch_vcs(self, rel: str) -> None:
         base = self._ident[1] if self._ident and self._ident[0] == "dir" else self.root
         path = f"{base}/{rel}"
+        if path in remote_mounts_below(os.path.dirname(path), self.hub.mount_table()):
+            return  # a network mount (it may hang): no VCS-lock hold, never a stat in it
         try:
             self.vcs[rel] = self.hub.watch(Slot(self, "vcs", rel), path, follow=False)
         except OSError:
