@@ -145,11 +145,15 @@ REMOTE_MOUNT_TYPES = frozenset(
 
 
 class Mount(NamedTuple):
-    """One line of /proc/self/mountinfo: the device, the mount point, the type."""
+    """One line of /proc/self/mountinfo: the device, the mount point, the type, and
+    what tells two mounts apart when those are equal (a bind of another directory of
+    the same file system; a remount that got the freed device number back)."""
 
     dev: int  # st_dev of the files on it
     point: str  # absolute, unescaped, as seen from this process's root
     fstype: str  # "ext4", "nfs4", "fuse.sshfs", ...
+    mount_id: int = 0  # unique while mounted
+    subtree: bytes = b"/"  # the directory of the file system mounted there (a bind's)
 
 
 _ESCAPE = re.compile(rb"\\([0-7]{3})")
@@ -177,10 +181,11 @@ def parse_mountinfo(text: bytes) -> list[Mount]:
             kind = fields[fields.index(b"-", 6) + 1]
             major, minor = fields[2].split(b":")
             dev = os.makedev(int(major), int(minor))
+            mount_id = int(fields[0])
         except (ValueError, IndexError):
             continue
         point = os.fsdecode(unescape(fields[4]))
-        out.append(Mount(dev, point, kind.decode("ascii", "replace")))
+        out.append(Mount(dev, point, kind.decode("ascii", "replace"), mount_id, fields[3]))
     return out
 
 
@@ -205,8 +210,7 @@ def remote_mounts_below(base: str, table: Iterable[Mount] | None = None) -> dict
     file systems inotify cannot fully see, and their types: ``{"/srv/app/uploads":
     "nfs4"}``. From ``table``, else read from mountinfo: a hung mount answers too."""
     prefix = base.rstrip("/") + "/"
-    return {
-        m.point: m.fstype
-        for m in (mounts() if table is None else table)
-        if m.point.startswith(prefix) and remote_type(m.fstype)
-    }
+    # mountinfo lists mounts in the order they were made: of two stacked on one point,
+    # the later one is on top, and is what a path there reaches
+    top = {m.point: m.fstype for m in (mounts() if table is None else table)}
+    return {point: t for point, t in top.items() if point.startswith(prefix) and remote_type(t)}

@@ -539,9 +539,12 @@ class WatchPath:
         (a FUSE daemon gone: ENOTCONN; a rebooting NFS server: ESTALE, EIO) is still
         mounted: it stays polled, and reports its files again when it answers. Its
         unmount is a change of the mount table, which the hub follows."""
-        return isinstance(self.primary, Tree) and self.primary.unwatched.get(
-            sub.prefix, ""
-        ).startswith(MOUNT)
+        tree = self.primary
+        return (
+            isinstance(tree, Tree)
+            and tree.unwatched.get(sub.prefix, "").startswith(MOUNT)
+            and tree.mounted(sub.prefix)
+        )
 
     # -- the watch-limit fallback -------------------------------------------------------
 

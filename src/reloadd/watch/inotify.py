@@ -41,6 +41,7 @@ that vanished a moment ago (a deploy that replaces the whole directory).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -114,6 +115,10 @@ Listing = tuple[list[str], list[str]]  # a directory's real subdirectories, its 
 _BORN_CAP = 10_000  # temp-file candidates remembered per read; past it, only the nicety is lost
 
 
+# A change of the mount table is told to the trees this long after it is flagged, from
+# one read of the table however many changes came meanwhile.
+MOUNT_SETTLE = 0.1
+
 LIMIT = "watch limit"  # Tree.unwatched reason: inotify_add_watch said ENOSPC
 MOUNT = "network mount"  # ... a network/FUSE mount point: "network mount (nfs4)"
 
@@ -164,12 +169,15 @@ class Hub:
         self._view = memoryview(self._buffer)
         self.reading = False
         self.loop = loop
-        # the mount table as last read (walks use it), and as the trees were last told
-        self._mounts_now: list[Mount] = []
-        self._mounts_told: set[Mount] = set()
-        self._mount_epoll: select.epoll | None = None
-        self._mountinfo = -1
-        self._telling: asyncio.Handle | None = None
+        # The mount table: two opens of mountinfo, as each open file has its own change
+        # flag: one read from the loop tells the trees (after MOUNT_SETTLE), one is
+        # looked at by walks, so a walk never uses a table older than its own start.
+        self._mounts_now: list[Mount] = []  # as walks last read it
+        self._mounts_told: set[Mount] = set()  # as the trees were last told of it
+        self._mount_fds: list[int] = []
+        self._mount_epoll: select.epoll | None = None  # on the loop: tells the trees
+        self._table_epoll: select.epoll | None = None  # asked by walks
+        self._telling: asyncio.TimerHandle | None = None
         if loop is not None and self.inotify is not None:
             loop.add_reader(self.fd, self.read)
             self._watch_mounts(loop)
@@ -179,11 +187,13 @@ class Hub:
         on (or unmounted from) a watched directory: its watch stays on the directory
         underneath, blind to the new contents. The kernel flags an open mountinfo with
         POLLPRI on every change of the table (proc(5)); epoll is asked for that alone
-        (mountinfo is always readable), and its fd is read from the loop."""
+        (mountinfo is always readable)."""
         try:
-            self._mountinfo = os.open(MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
-            self._mount_epoll = select.epoll()
-            self._mount_epoll.register(self._mountinfo, select.EPOLLPRI)
+            for _ in range(2):
+                self._mount_fds.append(os.open(MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC))
+            self._mount_epoll, self._table_epoll = select.epoll(), select.epoll()
+            self._mount_epoll.register(self._mount_fds[0], select.EPOLLPRI)
+            self._table_epoll.register(self._mount_fds[1], select.EPOLLPRI)
         except OSError as exc:
             log.info(
                 "cannot follow the mount table (%s): mounts made below a watch path "
@@ -197,31 +207,28 @@ class Hub:
         loop.add_reader(self._mount_epoll.fileno(), self._on_mounts)
 
     def _on_mounts(self) -> None:
-        # The loop's own epoll, checking ours, has already taken the kernel's flag (the
-        # check polls mountinfo, which clears it): read again whatever poll(0) says.
+        """The table changed: tell the trees MOUNT_SETTLE later, from one read of it
+        however many changes came meanwhile (a container host mounts and unmounts all
+        day; almost none of it is below a watch path)."""
         assert self._mount_epoll is not None
-        self._mount_epoll.poll(0)
-        self._reread_mounts()
+        assert self.loop is not None
+        self._mount_epoll.poll(0)  # (the loop's own check has taken the flag already)
+        if self._telling is None:
+            self._telling = self.loop.call_later(MOUNT_SETTLE, self._tell_trees)
 
     def mount_table(self) -> list[Mount]:
         """The mounts now, read again only when the table changed since the last read
         (a walk of every new directory asks: reading mountinfo each time would cost a
-        millisecond or more on a host with thousands of mounts). The trees are told of
-        a change from the loop, never in the middle of a walk."""
-        if self._mount_epoll is None:
+        millisecond or more on a host with thousands of mounts)."""
+        if self._table_epoll is None:
             return mounts()
-        if self._mount_epoll.poll(0):  # takes the flag: the next change sets it again
-            self._reread_mounts()
+        if self._table_epoll.poll(0):  # takes the flag: the next change sets it again
+            self._mounts_now = mounts()
         return self._mounts_now
-
-    def _reread_mounts(self) -> None:
-        self._mounts_now = mounts()
-        if self._telling is None and self.loop is not None:
-            self._telling = self.loop.call_soon(self._tell_trees)
 
     def _tell_trees(self) -> None:
         self._telling = None
-        table = set(self._mounts_now)
+        table = set(mounts())
         changed = {m.point for m in table ^ self._mounts_told}
         self._mounts_told = table
         if changed:
@@ -232,14 +239,16 @@ class Hub:
         if self._telling is not None:
             self._telling.cancel()
             self._telling = None
-        if self._mount_epoll is not None:
-            if self.loop is not None:
+        if self._mount_epoll is not None and self.loop is not None:
+            with contextlib.suppress(ValueError, KeyError):  # never added: failed on the way
                 self.loop.remove_reader(self._mount_epoll.fileno())
-            self._mount_epoll.close()
-            self._mount_epoll = None
-        if self._mountinfo >= 0:
-            os.close(self._mountinfo)
-            self._mountinfo = -1
+        for ep in (self._mount_epoll, self._table_epoll):
+            if ep is not None:
+                ep.close()
+        self._mount_epoll = self._table_epoll = None
+        for fd in self._mount_fds:
+            os.close(fd)
+        self._mount_fds = []
 
     @property
     def watch_count(self) -> int:
@@ -528,36 +537,84 @@ class Tree:
         self._pending.append(self.root)
         self._dirty = True
 
+    def mounted(self, rel: str) -> bool:
+        """Whether something is mounted at ``rel`` now (by the hub's mount table)."""
+        base = self._ident[1] if self._ident and self._ident[0] == "dir" else self.root
+        point = f"{base}/{rel}" if rel else base
+        return any(m.point == point for m in self.hub.mount_table())
+
     def mounts_changed(self, points: set[str]) -> None:
-        """File systems were mounted or unmounted at ``points``: walk again (and report)
-        what is now seen there; at or above the root, find out what the root is now."""
-        if self.state != "watching" or self.kind != "dir":
-            return  # a root still missing, or a file: its anchors look again on events
-        base = self._ident[1] if self._ident else self.root
+        """File systems were mounted or unmounted at ``points``; inotify says nothing of
+        it (a watch stays on the directory a mount hides). At or above the root or an
+        anchor: watch the anchors anew and find out what the root is now. Below the
+        root: walk those directories again. Either is a change."""
+        base = self._ident[1] if self._ident and self._ident[0] == "dir" else self.root
         assert isinstance(base, str)
+
+        def covered(path: str) -> bool:
+            return any(path == p or path.startswith(p.rstrip("/") + "/") for p in points)
+
+        if any(covered(path) for path in (self.root, base, *self.anchors)):
+            ident = self._ident
+            self._reanchor()
+            if self._ident != ident:
+                self.flush()  # walked anew from the root (or lost): nothing more to do
+                return
         prefix = base.rstrip("/") + "/"
-        if any(base == p or base.startswith(p.rstrip("/") + "/") for p in points):
-            self._reevaluate(report=True)  # the root's (dev, ino) tells whether it changed
-        else:
-            tops = sorted(p[len(prefix) :] for p in points if p.startswith(prefix))
-            for rel in tops:
-                parent = rel.rpartition("/")[0]
-                if parent not in self.dirs or rel.startswith(tuple(f"{t}/" for t in tops)):
-                    continue  # not in the walked tree, or inside a mount walked just now
-                self._drop(rel)
-                for gone in [r for r in self.unwatched if r == rel or r.startswith(rel + "/")]:
-                    del self.unwatched[gone]
-                name = rel.rpartition("/")[2]
-                if name in VCS_DIRS:
-                    self._watch_vcs(rel)
-                elif not self.filter.prune_child(parent, name):
-                    self._walk(rel, report=True)
-                    if rel not in self.unwatched:
-                        # what was seen there before is gone (an unmount shows what it
-                        # hid); a network mount is polled instead, and its poll reports
-                        self._pending.append(self._full(rel))
-                        self._dirty = True
+        done: list[str] = []
+        for rel in sorted(p[len(prefix) :] for p in points if p.startswith(prefix)):
+            parent, _, name = rel.rpartition("/")
+            if self.state != "watching" or parent not in self.dirs:
+                # not in the walked tree (a polled mount point whose directory went away
+                # reports its files gone, then ends: WatchPath._on_poll)
+                continue
+            if any(rel.startswith(f"{top}/") for top in done):
+                continue  # inside a mount walked again just now
+            done.append(rel)
+            for gone in [r for r in self.unwatched if r == rel or r.startswith(rel + "/")]:
+                del self.unwatched[gone]  # found again by the walk, if still so
+            self._rewalk(rel, name in VCS_DIRS or self.filter.prune_child(parent, name))
         self.flush()
+
+    def _reanchor(self) -> None:
+        """Watch every anchor anew (a mount may hide the directory a watch is on), then
+        find out what the root is now; old watches go once the new ones exist."""
+        old, self.anchors = self.anchors, {}
+        self._reevaluate(report=True)
+        kept = set(self.anchors.values())
+        for wd in set(old.values()) - kept:
+            self.hub.unwatch(self, wd, "anchor")
+
+    def _rewalk(self, rel: str, pruned: bool) -> None:
+        """Walk ``rel`` again and report it. As ``rescan``, watches that a directory
+        elsewhere in the tree still holds (a bind mount of part of the tree onto
+        another part) are kept, and their slots named after that directory again."""
+        name = rel.rpartition("/")[2]
+        old, old_vcs = (
+            {r: table.pop(r) for r in [r for r in table if r == rel or r.startswith(rel + "/")]}
+            for table in (self.dirs, self.vcs)
+        )
+        full = self._full(rel + "/")
+        self.locks = {x for x in self.locks if not x.startswith(rel + "/")}
+        self.open_writes = {x for x in self.open_writes if not x.startswith(full)}
+        if name in VCS_DIRS:
+            self._watch_vcs(rel)
+        elif not pruned:
+            self._walk(rel, report=True)
+            if rel not in self.unwatched:
+                # what was seen there before is gone (an unmount shows what it hid); a
+                # network mount is polled instead, and its first scan reports
+                self._pending.append(self._full(rel))
+                self._dirty = True
+        for table, gone, kind in ((self.dirs, old, "dir"), (self.vcs, old_vcs, "vcs")):
+            live = {wd: r for r, wd in table.items()}
+            for wd in set(gone.values()):
+                if wd not in live:
+                    self.hub.unwatch(self, wd, kind)
+                    continue
+                for slot in self.hub.slots.get(wd, ()):
+                    if slot.tree is self and slot.kind == kind:
+                        slot.rel = live[wd]
 
     def flush(self) -> None:
         """Report what this read changed (once per read, for every tree it touched)."""
