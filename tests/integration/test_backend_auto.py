@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from reloadd_testing import Scenario, require, require_tool, until, wait_for, write
@@ -269,6 +270,56 @@ def test_a_root_swapped_onto_fuse_switches_to_poll(tmp_path: Path) -> None:
                 write(backing / "new.py", "x = 1\n")
                 new = str(current / "new.py")
                 await until(lambda: any(new in r for r in reports), "the write")
+                # and back to a release on the local disk: inotify again (a poll kept
+                # for ever would scan the whole tree every interval for nothing)
+                (tmp_path / "current.new").symlink_to(release_a)
+                os.replace(tmp_path / "current.new", current)
+                await until(lambda: path.backend == "inotify", "the switch back to inotify")
+                assert path.reason.startswith("auto: local (")
+                path.close()  # before the unmount: no scan of a vanishing mount
+        finally:
+            path.close()
+            hub.close()
+
+    asyncio.run(main())
+
+
+def test_a_look_under_way_when_the_root_moves_is_not_taken_for_its_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiting auto path is looked at every interval. Its ``current`` appears, onto a
+    FUSE release, while a look (of the local ancestor) is still under way: that answer
+    is about where the root was, so it is looked at again, and poll is chosen. The look
+    is held by a patched ``look_async`` (that timing cannot be made from outside)."""
+    backing, release = tmp_path / "backing", tmp_path / "release"
+    write(backing / "app.py")
+    release.mkdir()
+    current = tmp_path / "current"
+    real_look = reloadd.watch.look_async
+
+    async def main() -> None:
+        held, release_it = asyncio.Event(), asyncio.Event()
+
+        async def look(root: str) -> Any:
+            found = await real_look(root)
+            if not held.is_set():  # the first periodic look: held until the move
+                held.set()
+                await release_it.wait()
+            return found
+
+        monkeypatch.setattr(reloadd.watch, "look_async", look)
+        hub = Hub(asyncio.get_running_loop())
+        path = WatchPath(hub, str(current), PathFilter(), lambda t, p: None, poll_interval=0.02)
+        try:
+            path.start()
+            assert (path.state, path.backend) == ("waiting", "inotify")
+            with bindfs_mount(backing, release):
+                await until(held.is_set, "a look under way")
+                current.symlink_to(release)
+                await until(lambda: path.state == "watching", "the root found")
+                release_it.set()
+                await until(lambda: path.backend == "poll", "the switch to poll")
+                assert path.reason == "auto: fuse"
                 path.close()  # before the unmount: no scan of a vanishing mount
         finally:
             path.close()

@@ -210,9 +210,9 @@ def _umount(*points: Path) -> None:
 def test_a_bind_of_the_tree_onto_itself_unmounted_keeps_the_source_watched(
     tmp_path: Path,
 ) -> None:
-    """``tree/a`` bound onto ``tree/b`` (the same directories, so the same watches):
-    after the unmount, writes into ``a`` and ``a/sub`` are still seen, and named
-    under ``a``."""
+    """``tree/a`` bound onto ``tree/b`` (the same directories, so the same watches),
+    and ``a/new`` made meanwhile: after the unmount, writes into ``a``, ``a/sub`` and
+    ``a/new`` are still seen, and named under ``a``."""
     root = tmp_path / "tree"
     (root / "a" / "sub").mkdir(parents=True)
     (root / "b").mkdir()
@@ -222,14 +222,14 @@ def test_a_bind_of_the_tree_onto_itself_unmounted_keeps_the_source_watched(
         try:
             _mount("--bind", str(root / "a"), str(root / "b"))
             await w.sees(root / "b", "the bind's report")
+            (root / "a" / "new").mkdir()
+            await until(lambda: "b/new" in w.tree.dirs or "a/new" in w.tree.dirs, "new")
             _umount(root / "b")
-            await w.sees(root / "b", "the unmount's report")
             await until(lambda: w.tree.dirs.get("b") not in (None, w.tree.dirs["a"]), "b anew")
             w.reports.clear()
-            write(root / "a" / "y.txt")
-            write(root / "a" / "sub" / "z.txt")
-            await w.sees(root / "a" / "y.txt", "a write into a")
-            await w.sees(root / "a" / "sub" / "z.txt", "a write into a/sub")
+            for path in ("y.txt", "sub/z.txt", "new/n.txt"):
+                write(root / "a" / path)
+                await w.sees(root / "a" / path, f"a write into a/{path}")
         finally:
             _umount(root / "b")
             w.close()

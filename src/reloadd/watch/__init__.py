@@ -330,6 +330,7 @@ class WatchPath:
         self._closed = False
         self._device: int | None = None  # the root's device when its backend was chosen
         self._moved = False  # the root is on another device now: look at it again
+        self._moves = 0  # how often it moved (a look tells whether it moved meanwhile)
 
     # -- the surface ------------------------------------------------------------------
 
@@ -510,16 +511,20 @@ class WatchPath:
         self.sink(self, paths)
 
     def _root_device(self) -> int | None:
-        return self.primary.device if isinstance(self.primary, Tree) else None
+        return self.primary.device
 
     def _check_device(self) -> None:
-        """The root found on another device (``current`` swapped to a release on NFS, a
-        file system mounted over it): for ``auto``, look at its file system again, now,
-        off the loop: it may call for the other backend."""
+        """The root found on another device (``current`` swapped to a release on NFS or
+        back, a file system mounted over it): for ``auto``, look at its file system
+        again, now, off the loop: it may call for the other backend."""
         device = self._root_device()
         if self.configured != "auto" or device is None or device == self._device:
             return
         self._device, self._moved = device, True
+        self._moves += 1  # a look already under way answers for where the root was
+        self._look_soon()
+
+    def _look_soon(self) -> None:
         if self._recheck is not None:
             self._recheck.cancel()
             self._recheck = None
@@ -529,6 +534,7 @@ class WatchPath:
 
     def _on_poll(self, tree: PollTree, paths: list[str]) -> None:
         if tree is self.primary:
+            self._check_device()
             self._arm_recheck()
         elif tree.kind == "" and not tree.pending and not self._is_mount(tree):
             self._drop_gone(tree)
@@ -707,6 +713,7 @@ class WatchPath:
     async def _recheck_off_loop(self) -> None:
         """statfs (and a stat) in a thread, up to PROBE_TIMEOUT: a dead network mount
         can hang both. While one hangs, the next look waits for the same thread."""
+        moves = self._moves
         try:
             found = await look_async(self.root)
         except asyncio.CancelledError:
@@ -714,6 +721,9 @@ class WatchPath:
         finally:
             self._rechecking = None
         if self._closed or not self._wants_look():
+            return
+        if self._moves != moves:
+            self._look_soon()  # the root moved while looking: the answer is out of date
             return
         try:
             if found is None:

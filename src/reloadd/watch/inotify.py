@@ -586,12 +586,22 @@ class Tree:
             self.hub.unwatch(self, wd, "anchor")
 
     def _rewalk(self, rel: str, pruned: bool) -> None:
-        """Walk ``rel`` again and report it. As ``rescan``, watches that a directory
-        elsewhere in the tree still holds (a bind mount of part of the tree onto
-        another part) are kept, and their slots named after that directory again."""
+        """Walk ``rel`` again and report it. As ``rescan``, a watch the new walk holds
+        again (under any name) is kept, and its slot named after where it is now."""
         name = rel.rpartition("/")[2]
+
+        def under(r: str) -> bool:
+            return r == rel or r.startswith(rel + "/")
+
+        inside = {wd for r, wd in self.dirs.items() if under(r)}
+        if any(wd in inside for r, wd in self.dirs.items() if not under(r)):
+            # part of the tree was bound onto another part: the two share watches, and
+            # events in either were named after one of them (a directory made in the
+            # source meanwhile only under the mount's name). Rare: walk it all again.
+            self.rescan()
+            return
         old, old_vcs = (
-            {r: table.pop(r) for r in [r for r in table if r == rel or r.startswith(rel + "/")]}
+            {r: table.pop(r) for r in [r for r in table if under(r)]}
             for table in (self.dirs, self.vcs)
         )
         full = self._full(rel + "/")
