@@ -511,7 +511,11 @@ class WatchPath:
         self.sink(self, paths)
 
     def _root_device(self) -> int | None:
-        return self.primary.device
+        ident = self.primary.ident
+        if ident is None:
+            return None
+        device = ident[2] if ident[0] == "dir" else ident[1]
+        return device if isinstance(device, int) else None
 
     def _check_device(self) -> None:
         """The root found on another device (``current`` swapped to a release on NFS or

@@ -509,13 +509,9 @@ class Tree:
         return len(self.dirs) + len(self.vcs) + len(self.anchors)
 
     @property
-    def device(self) -> int | None:
-        """The ``st_dev`` of the root as last found (None while it is missing)."""
-        if self._ident is None:
-            return None
-        dev = self._ident[2] if self._ident[0] == "dir" else self._ident[1]
-        assert isinstance(dev, int)
-        return dev
+    def ident(self) -> tuple[object, ...] | None:
+        """What the root was as last found: ("dir", resolved, dev, ino), ("file", dev, ...)."""
+        return self._ident
 
     def rescan(self) -> None:
         """After a queue overflow: re-walk without dropping live watches; a change."""

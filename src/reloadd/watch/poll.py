@@ -694,13 +694,9 @@ class PollTree:
         return self.lost_at is not None and time.monotonic() - self.lost_at < self.hold_lost_for
 
     @property
-    def device(self) -> int | None:
-        """The ``st_dev`` of the root as of the last scan (None while it is missing)."""
-        if self._ident is None:
-            return None
-        dev = self._ident[2] if self._ident[0] == "dir" else self._ident[1]
-        assert isinstance(dev, int)
-        return dev
+    def ident(self) -> tuple[object, ...] | None:
+        """What the root was as last found: ("dir", resolved, dev, ino), ("file", dev, ...)."""
+        return self._ident
 
     @property
     def pending(self) -> bool:
