@@ -212,20 +212,28 @@ def test_a_bind_of_the_tree_onto_itself_unmounted_keeps_the_source_watched(
 ) -> None:
     """``tree/a`` bound onto ``tree/b`` (the same directories, so the same watches),
     and ``a/new`` made meanwhile: after the unmount, writes into ``a``, ``a/sub`` and
-    ``a/new`` are still seen, and named under ``a``."""
+    ``a/new`` are still seen, and named under ``a``; ``b/.git`` is gone with the bind;
+    a file being written elsewhere (``c/upload.bin``, open) still holds the reload."""
     root = tmp_path / "tree"
-    (root / "a" / "sub").mkdir(parents=True)
-    (root / "b").mkdir()
+    for d in ("a/sub", "a/.git", "b", "c"):
+        (root / d).mkdir(parents=True)
 
     async def main() -> None:
         w = _Watched(root)
         try:
-            _mount("--bind", str(root / "a"), str(root / "b"))
-            await w.sees(root / "b", "the bind's report")
-            (root / "a" / "new").mkdir()
-            await until(lambda: "b/new" in w.tree.dirs or "a/new" in w.tree.dirs, "new")
-            _umount(root / "b")
-            await until(lambda: w.tree.dirs.get("b") not in (None, w.tree.dirs["a"]), "b anew")
+            with open(root / "c" / "upload.bin", "wb") as upload:  # noqa: ASYNC230 (held open)
+                upload.write(b"partial")
+                upload.flush()
+                await until(lambda: w.tree.holding, "the upload open")
+                _mount("--bind", str(root / "a"), str(root / "b"))
+                await w.sees(root / "b", "the bind's report")
+                assert "b/.git" in w.tree.vcs
+                (root / "a" / "new").mkdir()
+                await until(lambda: "b/new" in w.tree.dirs or "a/new" in w.tree.dirs, "new")
+                _umount(root / "b")
+                await until(lambda: w.tree.dirs.get("b") not in (None, w.tree.dirs["a"]), "b")
+                assert w.tree.holding  # the upload is still open
+                assert set(w.tree.vcs) == {"a/.git"}
             w.reports.clear()
             for path in ("y.txt", "sub/z.txt", "new/n.txt"):
                 write(root / "a" / path)

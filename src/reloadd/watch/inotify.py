@@ -515,20 +515,22 @@ class Tree:
 
     def rescan(self) -> None:
         """After a queue overflow: re-walk without dropping live watches; a change."""
-        # The lost events may have closed files and removed VCS locks: both are found
-        # again by the walk (locks) or not at all (open files: assume closed).
+        # The lost events may have closed files: assume they did (the walk cannot tell).
         self.open_writes.clear()
-        self.locks.clear()
+        self._walk_again()
+
+    def _walk_again(self) -> None:
+        """Walk the whole tree again, keeping the watches it still holds (a directory
+        renamed meanwhile has the same wd under its new name), and report the root."""
+        self.locks.clear()  # found again by the walk
         if self.state == "watching" and self.kind == "dir":
-            old = dict(self.dirs)
+            old, old_vcs = dict(self.dirs), dict(self.vcs)
             self.dirs.clear()
+            self.vcs.clear()
             self._walk("", report=False)
-            # A directory renamed meanwhile has the same wd under its new name: only the
-            # wds that no directory holds any more are unwatched.
-            live = set(self.dirs.values())
-            for rel, wd in old.items():
-                if rel not in self.dirs and wd not in live:
-                    self.hub.unwatch(self, wd, "dir")
+            for table, gone, kind in ((self.dirs, old, "dir"), (self.vcs, old_vcs, "vcs")):
+                for wd in set(gone.values()) - set(table.values()):
+                    self.hub.unwatch(self, wd, kind)
         self._reevaluate(report=True)
         self._pending.append(self.root)
         self._dirty = True
@@ -589,20 +591,20 @@ class Tree:
         def under(r: str) -> bool:
             return r == rel or r.startswith(rel + "/")
 
+        full = self._full(rel + "/")
+        self.open_writes = {x for x in self.open_writes if not x.startswith(full)}
         inside = {wd for r, wd in self.dirs.items() if under(r)}
         if any(wd in inside for r, wd in self.dirs.items() if not under(r)):
             # part of the tree was bound onto another part: the two share watches, and
             # events in either were named after one of them (a directory made in the
             # source meanwhile only under the mount's name). Rare: walk it all again.
-            self.rescan()
+            self._walk_again()
             return
         old, old_vcs = (
             {r: table.pop(r) for r in [r for r in table if under(r)]}
             for table in (self.dirs, self.vcs)
         )
-        full = self._full(rel + "/")
         self.locks = {x for x in self.locks if not x.startswith(rel + "/")}
-        self.open_writes = {x for x in self.open_writes if not x.startswith(full)}
         if name in VCS_DIRS:
             self._watch_vcs(rel)
         elif not pruned:
