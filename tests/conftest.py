@@ -355,6 +355,14 @@ class Reloadd:
                 out.append(parsed)
         return out
 
+    def wait_reloads(self, service: str, n: int) -> list[ReloadLine]:
+        """The ``reloaded:`` lines of ``service`` once there are ``n``: a target may
+        record its signal before reloadd has written the line."""
+        wait_for(
+            lambda: len(self.reloads(service)) >= n, DEADLINE, f"{n} reloads of {service}", self.log
+        )
+        return self.reloads(service)
+
     def terminate(self, within: float) -> int:
         """SIGTERM, and its exit code; fails the test (with the log) if it takes longer
         than ``within`` seconds."""

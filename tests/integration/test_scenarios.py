@@ -510,7 +510,7 @@ def test_two_services_share_a_directory(
     recs["two"].wait_count(2)
     write(shared / "conf" / "b.yaml")  # a later fact for "three": its second reload
     recs["three"].wait_count(2)
-    by_service = {n: [x.paths for x in r.reloads(n)] for n in watches}  # type: ignore[attr-defined]
+    by_service = {n: [x.paths for x in r.wait_reloads(n, 2)] for n in watches}  # type: ignore[attr-defined]
     top, a, b = (
         str(p) for p in (shared / "top.txt", shared / "conf/a.yaml", shared / "conf/b.yaml")
     )

@@ -168,7 +168,7 @@ def test_a_write_into_the_mount_is_seen_by_its_poll(
 
     write(tree / "app.py", "v = 1\n")  # and the local part, on inotify
     rec.wait_count(2)
-    assert r.reloads("site")[1].paths == (str(tree / "app.py"),), r.log()
+    assert r.wait_reloads("site", 2)[1].paths == (str(tree / "app.py"),), r.log()
 
 
 def test_a_hung_mount_on_a_vcs_directory_is_not_touched(

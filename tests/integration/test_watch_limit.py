@@ -105,7 +105,7 @@ def test_watch_limit_polls_the_unwatched_subtrees(start_in_userns: Start, tmp_pa
     # a new directory inside a polled subtree is seen too
     write(polled_dirs[-1] / "deeper" / "more.txt")
     rec.wait_count(3)
-    lines = r.reloads("app")
+    lines = r.wait_reloads("app", 3)
     assert [x.paths for x in lines] == [
         (str(polled_dirs[-1] / "file.txt"),),
         (str(app / "new.txt"),),
@@ -131,7 +131,7 @@ def test_no_inotify_instance_polls_everything(start_in_userns: Start, tmp_path: 
     )
     write(app / "app.py", "changed")
     rec.wait_count(1, timeout=DEADLINE)
-    assert [x.paths for x in r.reloads("app")] == [(str(app / "app.py"),)]
+    assert [x.paths for x in r.wait_reloads("app", 1)] == [(str(app / "app.py"),)]
 
 
 def test_polled_subtrees_end_when_they_are_gone(start_in_userns: Start, tmp_path: Path) -> None:
