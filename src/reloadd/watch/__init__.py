@@ -521,11 +521,11 @@ class WatchPath:
         """The root found on another device (``current`` swapped to a release on NFS or
         back, a file system mounted over it): for ``auto``, look at its file system
         again, now, off the loop: it may call for the other backend."""
-        if self.configured != "auto" or not needs_look(self.configured):
-            return  # (RELOADD_BACKEND=poll: no look could change it)
-        device = self._root_device()
-        if device is None or device == self._device:
+        if self.configured != "auto":
             return
+        device = self._root_device()  # (on every report: cheap checks first)
+        if device is None or device == self._device or not needs_look(self.configured):
+            return  # (RELOADD_BACKEND=poll: no look could change it)
         self._device, self._moved = device, True
         self._moves += 1  # a look already under way answers for where the root was
         self._look_soon()
