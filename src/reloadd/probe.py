@@ -211,6 +211,11 @@ def remote_mounts_below(base: str, table: Iterable[Mount] | None = None) -> dict
     "nfs4"}``. From ``table``, else read from mountinfo: a hung mount answers too."""
     prefix = base.rstrip("/") + "/"
     # mountinfo lists mounts in the order they were made: of two stacked on one point,
-    # the later one is on top, and is what a path there reaches
-    top = {m.point: m.fstype for m in (mounts() if table is None else table)}
-    return {point: t for point, t in top.items() if point.startswith(prefix) and remote_type(t)}
+    # the later one is on top, and is what a path there reaches. An automount point
+    # stays one whatever it mounts: watched by inotify when its (local) file system is
+    # up, it would expire idle, come back at the next look, expire again...
+    top: dict[str, str] = {}
+    for m in mounts() if table is None else table:
+        if m.point.startswith(prefix) and top.get(m.point) != "autofs":
+            top[m.point] = m.fstype
+    return {point: t for point, t in top.items() if remote_type(t)}

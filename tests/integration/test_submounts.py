@@ -237,3 +237,16 @@ def test_remote_mounts_below_a_root(monkeypatch: pytest.MonkeyPatch) -> None:
         "/srv/app/c\rd": "nfs4",
         "/srv/app/auto": "autofs",
     }
+
+
+def test_remote_mounts_below_take_the_top_of_a_stack_but_keep_automounts() -> None:
+    """Of mounts stacked on one point the last is what a path there reaches: a tmpfs
+    over a FUSE mount is local. An automount point stays one when it has mounted a
+    local file system (watched by inotify it would expire idle and come back)."""
+    table = probe.parse_mountinfo(
+        b"40 1 0:50 / /srv/app/up rw - fuse.sshfs me@h:/ rw\n"
+        b"41 40 0:51 / /srv/app/up rw - tmpfs tmpfs rw\n"
+        b"42 1 0:52 / /srv/app/data rw - autofs systemd-1 rw,fd=40\n"
+        b"43 42 8:17 / /srv/app/data rw - ext4 /dev/sdb1 rw\n"
+    )
+    assert probe.remote_mounts_below("/srv/app", table) == {"/srv/app/data": "autofs"}
