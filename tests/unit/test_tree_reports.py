@@ -119,3 +119,32 @@ def test_new_directories_are_walked_without_reading_the_mount_table_each_time(
         tree.close()
         hub.close()
         loop.close()
+
+
+def test_an_unreadable_mount_table_is_not_taken_for_everything_unmounted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mountinfo that cannot be read (EMFILE: out of descriptors) gives no table at all;
+    told as a change, every mount would look gone and every tree would re-walk and
+    reload. It is skipped. (A patched read stands in for
+    the fault: running a test process out of descriptors would break the test itself.)"""
+    from reloadd import probe
+    from reloadd.watch import inotify
+
+    loop = asyncio.new_event_loop()
+    hub = Hub(loop)
+    reports: list[list[str]] = []
+    tree = Tree(hub, str(tmp_path), PathFilter(), lambda tree, paths: reports.append(paths))
+    try:
+        tree.start()
+        told = set(hub._mounts_told)
+        assert told
+        for module in (probe, inotify):
+            monkeypatch.setattr(module, "mounts", lambda: [])
+        hub._tell_trees()
+        assert reports == []
+        assert hub._mounts_told == told
+    finally:
+        tree.close()
+        hub.close()
+        loop.close()

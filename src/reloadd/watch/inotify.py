@@ -223,17 +223,23 @@ class Hub:
         if self._table_epoll is None:
             return mounts()
         if self._table_epoll.poll(0):  # takes the flag: the next change sets it again
-            self._mounts_now = mounts()
+            # (empty: mountinfo could not be read, e.g. out of fds; there is always "/")
+            self._mounts_now = mounts() or self._mounts_now
         return self._mounts_now
 
     def _tell_trees(self) -> None:
         self._telling = None
         table = set(mounts())
+        if not table:  # mountinfo could not be read (out of fds?): not "all unmounted"
+            log.warning("cannot read %s: a change of the mount table is not followed", MOUNTINFO)
+            return
         changed = {m.point for m in table ^ self._mounts_told}
         self._mounts_told = table
-        if changed:
-            for tree in list(self.trees):
+        for tree in list(self.trees) if changed else ():
+            try:
                 tree.mounts_changed(changed)
+            except Exception:  # a bug in one tree must not keep the others uninformed
+                log.exception("%s: following a change of the mount table", display(tree.root))
 
     def _close_mounts(self) -> None:
         if self._telling is not None:
