@@ -72,6 +72,25 @@ def require(condition: bool, what: str) -> None:
     pytest.skip(f"missing dependency: {what}")
 
 
+_MOUNT_WORKS: list[bool] = []
+
+
+def require_mount() -> None:
+    """Skip (or fail under RELOADD_REQUIRE_ALL=1) where this process cannot mount: not
+    root, no mount(8), or root without CAP_SYS_ADMIN (a default container). Tried once,
+    with a throwaway tmpfs."""
+    if not _MOUNT_WORKS:
+        works = os.geteuid() == 0 and shutil.which("mount") is not None
+        if works:
+            with tempfile.TemporaryDirectory() as point:
+                argv = ["mount", "-t", "tmpfs", "-o", "size=64k", "reloadd-probe", point]
+                works = subprocess.run(argv, stderr=subprocess.DEVNULL).returncode == 0
+                if works:
+                    subprocess.run(["umount", point], check=True)
+        _MOUNT_WORKS.append(works)
+    require(_MOUNT_WORKS[0], "mounting (root with CAP_SYS_ADMIN, and mount(8))")
+
+
 def require_tool(name: str, package: str | None = None) -> str:
     path = shutil.which(name)
     require(path is not None, f"{name} (apt-get install {package or name})")
@@ -150,7 +169,7 @@ def bindfs_mount(backing: Path, mount: Path) -> Iterator[BindMount]:
 
     bindfs = require_tool("bindfs", "bindfs fuse3")
     require(os.path.exists("/dev/fuse"), "/dev/fuse (FUSE kernel support)")
-    require(os.geteuid() == 0, "root (to mount FUSE file systems)")
+    require_mount()
     mount.mkdir(parents=True, exist_ok=True)
     # -f: bindfs stays in the foreground, so its pid is this Popen's
     proc = subprocess.Popen(

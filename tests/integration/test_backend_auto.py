@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reloadd_testing import Scenario, require, require_tool, until, wait_for, write
+from reloadd_testing import Scenario, require, require_mount, require_tool, until, wait_for, write
 
 import reloadd.watch
 from reloadd.config import ServiceSpec
@@ -36,7 +36,7 @@ def bindfs_mount(backing: Path, mount: Path) -> Iterator[None]:
     """``backing`` shown at ``mount`` through bindfs (FUSE) for the ``with`` block."""
     bindfs = require_tool("bindfs", "bindfs fuse3")
     require(os.path.exists("/dev/fuse"), "/dev/fuse (FUSE kernel support)")
-    require(os.geteuid() == 0, "root (to mount FUSE file systems)")
+    require_mount()
     subprocess.run([bindfs, "--no-allow-other", str(backing), str(mount)], check=True)
     try:
         assert fs_type(str(mount)) == FUSE_MAGIC
@@ -199,7 +199,7 @@ def test_late_fuse_mount_switches_a_waiting_path_to_poll(tmp_path: Path) -> None
 def test_late_local_mount_is_found_without_an_event(tmp_path: Path) -> None:
     """A tmpfs mounted over the directory that anchors a missing watch path: inotify on
     the covered directory sees nothing; the waiting path's second look finds it."""
-    require(os.geteuid() == 0 and shutil.which("mount") is not None, "root and mount(8)")
+    require_mount()
     mount = tmp_path / "mnt"
     mount.mkdir()
     reports: list[list[str]] = []

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from reloadd_testing import (
     Reloadd,
     bindfs_mount,
     recorder_command,
-    require,
+    require_mount,
     run_reloadctl,
     toml_value,
     until,
@@ -83,10 +82,8 @@ def _mounted(path: Path) -> bool:
 
 @contextlib.contextmanager
 def _tmpfs(point: Path) -> Iterator[None]:
-    require(os.geteuid() == 0, "root (to mount a tmpfs)")
-    mount = shutil.which("mount")
-    require(mount is not None, "mount (util-linux)")
-    subprocess.run([mount, "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(point)], check=True)
+    require_mount()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(point)], check=True)
     try:
         yield
     finally:
@@ -100,6 +97,7 @@ def test_a_fuse_mount_made_after_the_walk_is_polled(
     reload), the subtree is polled from then on (the status says so), and a write made
     behind the mount's back (in its backing directory: no inotify event reaches the
     tree) is reloaded by that poll."""
+    require_mount()  # first: before a daemon is started for nothing
     r, rec = _started(tmp_path, tree, start_reloadd)
     backing = tmp_path / "backing"
     write(backing / "old.txt", "old\n")
@@ -125,6 +123,7 @@ def test_a_fuse_mount_whose_daemon_died_is_seen_again_when_remounted(
     """The FUSE daemon is killed (every access: ENOTCONN): its files are gone (a
     reload), but the mount point stays polled; mounted again (a new bindfs on a new
     backing directory), its files are a change, and a write through it is reloaded."""
+    require_mount()  # first: before a daemon is started for nothing
     first, second = tmp_path / "first", tmp_path / "second"
     write(first / "a.txt", "a\n")
     write(second / "b.txt", "b\n")
@@ -157,6 +156,7 @@ def test_a_local_mount_on_a_watched_directory_is_walked(
     """A tmpfs mounted on the watched ``tree/uploads``: the mount is a change, and a
     write into it is seen at once (inotify on the tmpfs, not on the directory it hides);
     after the unmount, so is a write into the directory underneath."""
+    require_mount()  # first: before a daemon is started for nothing
     r, _rec = _started(tmp_path, tree, start_reloadd)
     uploads = tree / "uploads"
 
@@ -198,7 +198,7 @@ class _Watched:
 
 
 def _mount(*argv: str) -> None:
-    require(os.geteuid() == 0 and shutil.which("mount") is not None, "root and mount(8)")
+    require_mount()
     subprocess.run(["mount", *argv], check=True)
 
 

@@ -21,7 +21,7 @@ import pytest
 from reloadd_testing import (
     Recording,
     recorder_command,
-    require,
+    require_mount,
     running,
     toml_value,
     until,
@@ -352,7 +352,7 @@ def test_bind_mount_loop_is_skipped_with_one_warning(
     app: Path, make: Make, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A directory bind-mounted inside itself is reached twice: walked once, warned once."""
-    require(os.geteuid() == 0 and shutil.which("mount") is not None, "root and mount(8)")
+    require_mount()
     loop = app / "pkg" / "loop"
     loop.mkdir()
     subprocess.run(["mount", "--bind", str(app), str(loop)], check=True)

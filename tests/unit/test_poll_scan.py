@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reloadd_testing import require, wait_for, write
+from reloadd_testing import require_mount, wait_for, write
 
 from reloadd.watch import poll
 from reloadd.watch.filters import PathFilter
@@ -251,7 +251,7 @@ def test_listing_devices_are_local_file_systems_only(tmp_path: Path) -> None:
 
 @pytest.fixture
 def mounted(tmp_path: Path) -> Iterator[Path]:
-    require(os.geteuid() == 0 and shutil.which("mount") is not None, "root and mount(8)")
+    require_mount()
     points: list[Path] = []
 
     def mount(kind: str, options: str) -> Path:
