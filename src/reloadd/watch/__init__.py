@@ -292,7 +292,8 @@ class WatchPath:
 
     While an ``auto`` path is waiting for its root, its file system is looked at again
     every ``poll_interval``: a late mount (NFS at boot) makes no inotify event on the
-    directory it covers, and may call for the other backend.
+    directory it covers, and may call for the other backend. So is, at once, a root that
+    turns up on another device (``current`` swapped to a release on NFS, or back).
     """
 
     def __init__(
