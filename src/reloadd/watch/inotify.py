@@ -541,9 +541,17 @@ class Tree:
         self._pending.append(self.root)
         self._dirty = True
 
+    @property
+    def _base(self) -> str:
+        """Where the walked directories are: the resolved root while it is a directory."""
+        if self._ident and self._ident[0] == "dir":
+            assert isinstance(self._ident[1], str)
+            return self._ident[1]
+        return self.root
+
     def mounted(self, rel: str) -> bool:
         """Whether something is mounted at ``rel`` now (by the hub's mount table)."""
-        base = self._ident[1] if self._ident and self._ident[0] == "dir" else self.root
+        base = self._base
         point = f"{base}/{rel}" if rel else base
         return any(m.point == point for m in self.hub.mount_table())
 
@@ -552,8 +560,7 @@ class Tree:
         it (a watch stays on the directory a mount hides). At or above the root or an
         anchor: watch the anchors anew and find out what the root is now. Below the
         root: walk those directories again. Either is a change."""
-        base = self._ident[1] if self._ident and self._ident[0] == "dir" else self.root
-        assert isinstance(base, str)
+        base = self._base
 
         def covered(path: str) -> bool:
             return any(path == p or path.startswith(p.rstrip("/") + "/") for p in points)
@@ -836,8 +843,7 @@ class Tree:
 
     def _walk(self, top: str, report: bool) -> None:
         """Watch ``top`` and every unpruned directory below it; list them after arming."""
-        base = self._ident[1] if self._ident and self._ident[0] == "dir" else self.root
-        assert isinstance(base, str)
+        base = self._base
         # Network and FUSE mounts below the root are not entered (told by the mount table
         # from mountinfo, never by a stat that a hung mount would block): a walk on the loop
         # must not meet a hung mount, and inotify does not see writes made elsewhere on
@@ -889,7 +895,7 @@ class Tree:
                     self._dirty = True
 
     def _watch_vcs(self, rel: str) -> None:
-        base = self._ident[1] if self._ident and self._ident[0] == "dir" else self.root
+        base = self._base
         path = f"{base}/{rel}"
         if path in remote_mounts_below(os.path.dirname(path), self.hub.mount_table()):
             return  # a network mount (it may hang): no VCS-lock hold, never a stat in it
