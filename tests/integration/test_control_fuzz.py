@@ -8,6 +8,7 @@ failure reproduces; ``test_protocol.py`` runs hypothesis against the parser itse
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
@@ -377,7 +378,10 @@ def test_hundreds_of_clients_at_once(daemon: tuple[Reloadd, Path, Recording]) ->
     conns = [connect(sock) for _ in range(300)]
     try:
         for s in conns:
-            s.sendall(p.encode(p.request("ping")))
+            # one over the limit may be told "busy" and closed before it asks (on a loaded
+            # machine the daemon gets there first): its answer is still there to read
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                s.sendall(p.encode(p.request("ping")))
         outcomes = []
         for s in conns:
             msg = reply(s)
