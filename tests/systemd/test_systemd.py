@@ -319,6 +319,9 @@ def test_systemctl_reload_applies_the_config_before_returning(
 
     status = systemd.show(UNIT, "StatusText")
     assert status.startswith("2 services"), status
+    # its command is started; the write waits until it can take a SIGHUP (CI once wrote
+    # first, and the signal killed the recorder before its handler was installed)
+    systemd.wait_for(lambda: recording.pids("READY"), what="the added service's command")
     (watched / "x").write_text("x")
     systemd.wait_for(lambda: recording.pids("SIGHUP"), what="a reload of the added service")
 
