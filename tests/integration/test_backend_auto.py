@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,23 @@ def bindfs_mount(backing: Path, mount: Path) -> Iterator[None]:
         umount = shutil.which("fusermount3") or shutil.which("fusermount")
         argv = [umount, "-u", "-z", str(mount)] if umount else ["umount", "-l", str(mount)]
         subprocess.run(argv, check=True)
+
+
+@contextlib.asynccontextmanager
+async def watching(
+    root: str, reports: list[list[str]] | None, **keys: Any
+) -> AsyncIterator[WatchPath]:
+    """A started WatchPath on its own hub (the running loop's), its reports appended to
+    ``reports``; closed, with the hub, afterwards."""
+    hub = Hub(asyncio.get_running_loop())
+    sink = (lambda t, p: reports.append(p)) if reports is not None else (lambda t, p: None)
+    path = WatchPath(hub, root, PathFilter(), sink, **keys)
+    try:
+        path.start()
+        yield path
+    finally:
+        path.close()
+        hub.close()
 
 
 @pytest.fixture
@@ -173,25 +190,13 @@ def test_late_fuse_mount_switches_a_waiting_path_to_poll(tmp_path: Path) -> None
     reports: list[list[str]] = []
 
     async def main() -> None:
-        hub = Hub(asyncio.get_running_loop())
-        path = WatchPath(
-            hub,
-            str(mount / "app"),
-            PathFilter(),
-            lambda t, p: reports.append(p),
-            poll_interval=0.02,
-        )
-        try:
-            path.start()
+        async with watching(str(mount / "app"), reports, poll_interval=0.02) as path:
             assert (path.state, path.backend) == ("waiting", "inotify")
             with bindfs_mount(backing, mount):
                 await until(lambda: [p for p in reports if p], "a report")
                 assert (path.backend, path.reason, path.state) == ("poll", "auto: fuse", "watching")
                 assert [p for p in reports if p] == [[str(mount / "app" / index.name)]]
                 path.close()  # before the unmount: no scan of a vanishing mount
-        finally:
-            path.close()
-            hub.close()
 
     asyncio.run(main())
 
@@ -207,16 +212,7 @@ def test_late_local_mount_is_found_without_an_event(tmp_path: Path) -> None:
 
     async def main() -> None:
         nonlocal mounted
-        hub = Hub(asyncio.get_running_loop())
-        path = WatchPath(
-            hub,
-            str(mount / "app"),
-            PathFilter(),
-            lambda t, p: reports.append(p),
-            poll_interval=0.02,
-        )
-        try:
-            path.start()
+        async with watching(str(mount / "app"), reports, poll_interval=0.02) as path:
             assert (path.state, path.backend) == ("waiting", "inotify")
             argv = ["mount", "-t", "tmpfs", "reloadd-test", str(mount)]
             await asyncio.to_thread(subprocess.run, argv, check=True)
@@ -229,9 +225,6 @@ def test_late_local_mount_is_found_without_an_event(tmp_path: Path) -> None:
                 "watching",
             )
             assert str(index) in [p for r in reports for p in r]
-        finally:
-            path.close()
-            hub.close()
 
     try:
         asyncio.run(main())
@@ -254,12 +247,7 @@ def test_a_root_swapped_onto_fuse_switches_to_poll(tmp_path: Path) -> None:
     reports: list[list[str]] = []
 
     async def main() -> None:
-        hub = Hub(asyncio.get_running_loop())
-        path = WatchPath(
-            hub, str(current), PathFilter(), lambda t, p: reports.append(p), poll_interval=0.02
-        )
-        try:
-            path.start()
+        async with watching(str(current), reports, poll_interval=0.02) as path:
             assert (path.backend, path.state) == ("inotify", "watching")
             with bindfs_mount(backing, release_b):
                 (tmp_path / "current.new").symlink_to(release_b)
@@ -277,9 +265,6 @@ def test_a_root_swapped_onto_fuse_switches_to_poll(tmp_path: Path) -> None:
                 await until(lambda: path.backend == "inotify", "the switch back to inotify")
                 assert path.reason.startswith("auto: local (")
                 path.close()  # before the unmount: no scan of a vanishing mount
-        finally:
-            path.close()
-            hub.close()
 
     asyncio.run(main())
 
@@ -308,10 +293,7 @@ def test_a_look_under_way_when_the_root_moves_is_not_taken_for_its_answer(
             return found
 
         monkeypatch.setattr(reloadd.watch, "look_async", look)
-        hub = Hub(asyncio.get_running_loop())
-        path = WatchPath(hub, str(current), PathFilter(), lambda t, p: None, poll_interval=0.02)
-        try:
-            path.start()
+        async with watching(str(current), None, poll_interval=0.02) as path:
             assert (path.state, path.backend) == ("waiting", "inotify")
             with bindfs_mount(backing, release):
                 await until(held.is_set, "a look under way")
@@ -321,9 +303,6 @@ def test_a_look_under_way_when_the_root_moves_is_not_taken_for_its_answer(
                 await until(lambda: path.backend == "poll", "the switch to poll")
                 assert path.reason == "auto: fuse"
                 path.close()  # before the unmount: no scan of a vanishing mount
-        finally:
-            path.close()
-            hub.close()
 
     asyncio.run(main())
 
